@@ -74,9 +74,7 @@ class EscapeRule:
                 f"escape mode={self.mode!r} is not allowed: must be 'escape' or 'converge'"
             )
         if self.converge_tol <= 0:
-            raise ValueError(
-                f"converge_tol={self.converge_tol!r} is not allowed: must be > 0"
-            )
+            raise ValueError(f"converge_tol={self.converge_tol!r} is not allowed: must be > 0")
 
 
 @dataclass
@@ -235,9 +233,7 @@ def _plateau_height(
     if tracker.onset_step is None:
         return None
     end = tracker.escape_step if tracker.escape_step is not None else math.inf
-    window = sorted(
-        v for s, v in zip(steps, values, strict=True) if tracker.onset_step <= s < end
-    )
+    window = sorted(v for s, v in zip(steps, values, strict=True) if tracker.onset_step <= s < end)
     finite = [v for v in window if math.isfinite(v)]
     if not finite:
         return None

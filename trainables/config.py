@@ -263,13 +263,39 @@ def _positive(cfg: TrialConfig, name: str, strict: bool = True) -> None:
 
 
 def _check(cfg: TrialConfig) -> None:
-    for name in ("lr", "batch_size", "eps", "max_steps", "eval_every", "eval_size",
-                 "checkpoint_every", "escape_confirm", "plateau_tolerance", "converge_tol",
-                 "num_seeds", "mlp_width", "mlp_depth", "lora_alpha", "len_b", "len_a",
-                 "len_z", "string_len", "grad_clip"):
+    for name in (
+        "lr",
+        "batch_size",
+        "eps",
+        "max_steps",
+        "eval_every",
+        "eval_size",
+        "checkpoint_every",
+        "escape_confirm",
+        "plateau_tolerance",
+        "converge_tol",
+        "num_seeds",
+        "mlp_width",
+        "mlp_depth",
+        "lora_alpha",
+        "len_b",
+        "len_a",
+        "len_z",
+        "string_len",
+        "grad_clip",
+    ):
         _positive(cfg, name)
-    for name in ("weight_decay", "momentum", "warmup_steps", "escape_tail", "lora_dropout",
-                 "min_lr_ratio", "seed", "data_seed", "order_seed"):
+    for name in (
+        "weight_decay",
+        "momentum",
+        "warmup_steps",
+        "escape_tail",
+        "lora_dropout",
+        "min_lr_ratio",
+        "seed",
+        "data_seed",
+        "order_seed",
+    ):
         _positive(cfg, name, strict=False)
     for name in ("beta1", "beta2"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
@@ -328,7 +354,8 @@ def _check_task(cfg: TrialConfig) -> None:
             per_symbol = a ** (cfg.len_a - 1)
             if cfg.n_bases > per_symbol:
                 raise ConfigError(
-                    "bases", cfg.n_bases,
+                    "bases",
+                    cfg.n_bases,
                     f"must be <= {per_symbol} so that every base gets K targets with "
                     f"distinct first symbols (alphabet {a}, len_a {cfg.len_a})",
                 )
@@ -341,6 +368,7 @@ def _check_task(cfg: TrialConfig) -> None:
 def _room(name: str, count: int, alphabet: int, length: int, what: str) -> None:
     if count > alphabet**length:
         raise ConfigError(
-            name, count,
+            name,
+            count,
             f"must be <= {alphabet}**{length} = {alphabet**length} {what}",
         )

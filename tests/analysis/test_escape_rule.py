@@ -77,9 +77,14 @@ def test_transition_width_spans_ninety_to_ten_percent() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
-    [({"fraction": 0.0}, "fraction"), ({"confirm": 0}, "confirm"),
-     ({"plateau_tolerance": 0}, "plateau_tolerance"), ({"tail": -1}, "tail"),
-     ({"mode": "sideways"}, "mode"), ({"converge_tol": 0}, "converge_tol")],
+    [
+        ({"fraction": 0.0}, "fraction"),
+        ({"confirm": 0}, "confirm"),
+        ({"plateau_tolerance": 0}, "plateau_tolerance"),
+        ({"tail": -1}, "tail"),
+        ({"mode": "sideways"}, "mode"),
+        ({"converge_tol": 0}, "converge_tol"),
+    ],
 )
 def test_bad_rule_is_refused(kwargs: dict, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):

@@ -15,8 +15,11 @@ def test_defaults_resolve_with_both_sizes_derived() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "D", "bases"),
-    [({"K": 5, "D": 500}, 500, 100), ({"K": 5, "bases": 40}, 200, 40),
-     ({"K": 4, "D": 800, "bases": 200}, 800, 200)],
+    [
+        ({"K": 5, "D": 500}, 500, 100),
+        ({"K": 5, "bases": 40}, 200, 40),
+        ({"K": 4, "D": 800, "bases": 200}, 800, 200),
+    ],
 )
 def test_d_and_bases_derive_each_other(raw: dict, D: int, bases: int) -> None:
     cfg = resolve(raw)
@@ -51,10 +54,16 @@ def test_d_and_bases_derive_each_other(raw: dict, D: int, bases: int) -> None:
         ({"alphabet_size": 40}, "alphabet_size", "[2, 36]"),
         ({"device": "tpu"}, "device", "'auto'"),
         ({"lora_targets": "c_attn"}, "lora_targets", "list of strings"),
-        ({"len_z": 1, "K": 20, "alphabet_size": 10, "distinct_first": False}, "K",
-         "selector strings"),
-        ({"task": "mapping", "string_len": 2, "alphabet_size": 4, "K": 2, "D": 20}, "D",
-         "unique preimage strings"),
+        (
+            {"len_z": 1, "K": 20, "alphabet_size": 10, "distinct_first": False},
+            "K",
+            "selector strings",
+        ),
+        (
+            {"task": "mapping", "string_len": 2, "alphabet_size": 4, "K": 2, "D": 20},
+            "D",
+            "unique preimage strings",
+        ),
         ({"len_a": 2, "alphabet_size": 4, "K": 4, "bases": 5}, "bases", "distinct first"),
         ({"stop_on_escape": "yes"}, "stop_on_escape", "true or false"),
     ],
