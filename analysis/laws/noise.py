@@ -1,0 +1,180 @@
+"""Noise stabilization: how learning rate and batch size set the escape step."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analysis.laws._aft import (
+    DISTRIBUTIONS,
+    AFTResult,
+    cells_without_escape,
+    design_rank,
+    enough_escapes,
+    few_events_warning,
+    fit_aft,
+    log_axis,
+)
+from analysis.laws._base import (
+    LawFitter,
+    describe_values,
+    geometric_center,
+    hold_fixed,
+    require_columns,
+    select_task,
+    survival_data,
+)
+from analysis.reference import references
+
+PAPER_LR_RATIO = 7.0
+
+
+class NoiseStabilizationFitter(LawFitter):
+    """Escape step against learning rate and batch size, censored trials included.
+
+    Power law (accelerated failure time, the primary model)::
+
+        log t = c + a log(lr / lr0) + b log(B / B0) + scale * eps
+
+    Exponential in temperature T = lr / B (the alternative, compared by AIC)::
+
+        log t = c' + beta T + scale * eps
+
+    lr and B enter only through T when a = -b: ``exponent_sum`` = a + b with its
+    interval, a Wald p-value and, with ``compare``, a likelihood-ratio test against the
+    power law in T alone. ``slowdown`` = (lr_max / lr_min) ** a is the factor by which the
+    escape slows across the study's lr range at fixed batch; ``slowdown_7x`` = 7 ** a
+    compares with the paper's 3.6x across 7x. lr0 and B0 are the geometric centres of the
+    values in the study; ``median_escape_at_ref`` is the median escape step there.
+
+    Trials of the disambiguation task are used; other varying design columns (K, D,
+    model, ...) are held fixed at the slice with the most (lr, batch) cells.
+
+    Args:
+        distribution: ``"lognormal"`` or ``"weibull"`` noise on log escape time.
+        compare: also fit the exponential-in-T and power-in-T models (AIC, T-only test).
+    """
+
+    law = "noise_stabilization"
+
+    def __init__(self, distribution: str = "lognormal", compare: bool = True) -> None:
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(
+                f"distribution={distribution!r} is not allowed: must be one of {DISTRIBUTIONS}"
+            )
+        self.distribution = distribution
+        self.compare = compare
+        super().__init__()
+
+    def _fit(self, trials: pd.DataFrame) -> None:
+        why = require_columns(
+            trials, ("status", "escape_step", "steps", "lr", "batch_size"), self.law
+        )
+        if why:
+            return self._skip(why)
+        rows = select_task(trials, "disambiguation")
+        if rows.empty:
+            return self._skip("no trial of the disambiguation task")
+        rows, held = hold_fixed(rows, ("lr", "batch_size"))
+        if rows["lr"].nunique() < 2:
+            return self._skip(
+                f"needs at least 2 distinct lr values; found {describe_values(rows['lr'])}"
+            )
+        data = survival_data(rows, self.law)
+        frame = data.frame
+        frame["log_lr"], lr0 = log_axis(frame["lr"])
+        covariates = ["log_lr"]
+        batch0 = float(frame["batch_size"].iloc[0])
+        if frame["batch_size"].nunique() > 1:
+            frame["log_batch"], batch0 = log_axis(frame["batch_size"])
+            covariates.append("log_batch")
+        if design_rank(frame, covariates) < len(covariates) + 1:
+            return self._skip(
+                "lr and batch_size change together across the cells, so their effects "
+                "cannot be separated; vary them independently (e.g. a 2 x 2 grid)"
+            )
+        if frame["event"].sum() <= len(covariates) + 1:
+            return self._skip(enough_escapes(frame, len(covariates) + 1))
+
+        remedies = self._remedies(frame)
+        power = fit_aft(frame, covariates, self.distribution, self.law, remedies)
+        few_events_warning(power, self.law)
+        self._record_power(power, frame, covariates, lr0, batch0)
+        self.n_, self.n_censored_ = len(frame), data.n_censored
+        self.model_ = f"power law, {self.distribution} AFT: log t = c + a log lr + b log B"
+        self.extra_.update(
+            distribution=self.distribution,
+            scale=power.scale,
+            reference_point={"lr": lr0, "batch_size": batch0},
+            lr_values=sorted(frame["lr"].unique().tolist()),
+            batch_sizes=sorted(frame["batch_size"].unique().tolist()),
+            held_fixed=held,
+            n_by_status=data.by_status,
+        )
+        if self.compare:
+            self._compare(frame, power, covariates, remedies)
+        self.extra_["reference"] = references(self.law)
+
+    def _remedies(self, frame: pd.DataFrame) -> list[str]:
+        empty = cells_without_escape(frame, ["lr", "batch_size"])
+        tries = []
+        if empty:
+            tries.append(f"raise max_steps for the cells where no trial escaped: {empty}")
+        tries.append("add seeds to every (lr, batch_size) cell")
+        return tries
+
+    def _record_power(
+        self,
+        power: AFTResult,
+        frame: pd.DataFrame,
+        covariates: list[str],
+        lr0: float,
+        batch0: float,
+    ) -> None:
+        a = power.estimate("log_lr")
+        self.params_["lr_exponent"] = a
+        if "log_batch" in covariates:
+            self.params_["batch_exponent"] = power.estimate("log_batch")
+            self.params_["exponent_sum"] = power.contrast({"log_lr": 1.0, "log_batch": 1.0})
+        shift = power.log_median_shift()
+        self.params_["median_escape_at_ref"] = power.estimate("Intercept").transformed(
+            lambda v: math.exp(v + shift)
+        )
+        ratio = float(frame["lr"].max() / frame["lr"].min())
+        self.params_["slowdown"] = a.transformed(lambda v: ratio**v)
+        self.params_["slowdown_7x"] = a.transformed(lambda v: PAPER_LR_RATIO**v)
+        self.extra_["lr_ratio"] = ratio
+
+    def _compare(
+        self, frame: pd.DataFrame, power: AFTResult, covariates: list[str], remedies: list[str]
+    ) -> None:
+        t0 = geometric_center(frame["lr"] / frame["batch_size"])
+        frame["temperature"] = frame["lr"] / frame["batch_size"] / t0
+        expo = fit_aft(frame, ["temperature"], self.distribution, self.law, remedies)
+        beta = expo.estimate("temperature")
+        self.params_["temperature_coefficient"] = beta.transformed(lambda v: v / t0)
+        aic: dict[str, float] = {"power": power.aic, "exponential_temperature": expo.aic}
+        verdict: dict[str, Any] = {}
+        if "log_batch" in covariates:
+            frame["log_temperature"] = np.log(frame["temperature"])
+            power_t = fit_aft(frame, ["log_temperature"], self.distribution, self.law, remedies)
+            aic["power_temperature"] = power_t.aic
+            lr_stat = max(2.0 * (power.log_likelihood - power_t.log_likelihood), 0.0)
+            pair = {"log_lr": 1.0, "log_batch": 1.0}
+            verdict = {
+                "exponent_sum_covers_0": self.params_["exponent_sum"].covers(0.0),
+                "wald_p": power.wald_p(pair),
+                "likelihood_ratio_p": float(stats.chi2.sf(lr_stat, 1)),
+            }
+        better = min(("power", "exponential_temperature"), key=lambda m: aic[m])
+        self.extra_.update(
+            aic=aic,
+            better_fit=better,
+            delta_aic=abs(aic["power"] - aic["exponential_temperature"]),
+            temperature_only=verdict
+            or {"skipped": "needs at least 2 distinct batch sizes to separate lr from T"},
+        )
