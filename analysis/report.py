@@ -173,9 +173,9 @@ def _noise_verdict(entry: dict[str, Any]) -> list[str]:
     if "skipped" in t_only:
         lines.append(f"Temperature-only test skipped: {t_only['skipped']}.")
     elif t_only:
-        verdict = "consistent with" if t_only["exponent_sum_covers_0"] else "rejects"
+        verdict = "are consistent with" if t_only["exponent_sum_covers_0"] else "reject"
         lines.append(
-            f"The data are {verdict} lr and batch size entering only through "
+            f"The data {verdict} lr and batch size entering only through "
             f"T = lr / batch (a + b = 0: Wald p = {_number(t_only['wald_p'])}, "
             f"likelihood-ratio p = {_number(t_only['likelihood_ratio_p'])})."
         )
