@@ -38,15 +38,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # a runtime failure: one line, the details in the log
         logging.getLogger(__name__).debug("failure", exc_info=True)
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"error: {_one_line(f'{type(err).__name__}: {err}')}", file=sys.stderr)
         return FAILURE
+
+
+def _one_line(message: str) -> str:
+    """A message that stays on one line whatever the input it quotes holds."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _parser() -> argparse.ArgumentParser:

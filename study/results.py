@@ -288,8 +288,9 @@ def _read_reports(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
+        # a damaged byte spoils its line only: that line fails to parse and is named
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as err:
         warnings.warn(
             f"{path} is not readable ({err}); its trial has no curve",
             StudyDataWarning,

@@ -99,13 +99,13 @@ def run_study(
             "(an NFS mount on every node, or a URI such as s3://...)",
             path,
         )
+    if not resume:  # before Ray starts: storage that cannot be written is refused at once
+        _record_spec(path, spec)
     start = time.time()
     with _ray_session(address, dashboard) as url:
-        if not resume:
-            _write_text(_join(path, STUDY_FILE), json.dumps(_study_meta(spec, path), indent=1))
         logger.info("study %s: %d trials in %s", spec.name, spec.n_trials, path)
         tuner = _tuner(spec, path, resume, max_concurrent, progress_interval_s, train_fn)
-        _fit(tuner)
+        _fit(tuner, path)
     return _outcome(path, time.time() - start, url)
 
 
@@ -148,7 +148,7 @@ def resume_study(
     start = time.time()
     with _ray_session(address, dashboard) as url:
         logger.info("resuming study %s in %s", spec.name, path)
-        _fit(_tuner(spec, path, True, None, 10.0, train_fn))
+        _fit(_tuner(spec, path, True, None, 10.0, train_fn), path)
     return _outcome(path, time.time() - start, url)
 
 
@@ -253,14 +253,47 @@ def _shown_axes(spec: StudySpec) -> list[str]:
     return (["case"] if spec.sweep.cases else []) + list(spec.axes)
 
 
-def _fit(tuner: Any) -> None:
+def _fit(tuner: Any, path: str) -> None:
     from ray.tune import TuneError
 
     with _environment(_TUNE_ENV):
         try:
-            tuner.fit()
-        except TuneError as err:
-            raise RuntimeError(f"Ray Tune failed: {err}") from err
+            results = tuner.fit()
+        except Exception as err:
+            _raise_if_storage_failed(path, err)
+            if isinstance(err, TuneError):
+                raise RuntimeError(f"Ray Tune failed: {err}") from err
+            raise
+    if getattr(results, "errors", None):
+        _raise_if_storage_failed(path, None)
+
+
+def _raise_if_storage_failed(path: str, cause: BaseException | None) -> None:
+    """Names the storage when it cannot be written (full, read-only) after trials failed."""
+    problem = _storage_problem(path)
+    if problem is not None:
+        raise RuntimeError(
+            f"storage {path} cannot be written ({problem}): the study is incomplete and "
+            f"its files may be cut short; make room, then phasetune resume {path}"
+        ) from cause
+
+
+def _storage_problem(path: str, probe_bytes: int = 65536) -> str | None:
+    """Why a local study directory cannot take more data, or None when it can."""
+    if _is_uri(path):
+        return None
+    probe = Path(path) / ".phasetune-write-probe"
+    try:
+        with probe.open("wb") as file:
+            file.write(b"\0" * probe_bytes)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as err:
+        return err.strerror or str(err)
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+    return None
 
 
 @contextlib.contextmanager
@@ -311,6 +344,21 @@ def _study_meta(spec: StudySpec, path: str) -> dict[str, Any]:
         "axes": list(spec.axes),
         "spec": spec.to_dict(),
     }
+
+
+def _record_spec(path: str, spec: StudySpec) -> None:
+    """Writes ``study.json``; storage that refuses it is refused as the storage."""
+    created = not _is_uri(path) and not Path(path).exists()
+    try:
+        _write_text(_join(path, STUDY_FILE), json.dumps(_study_meta(spec, path), indent=1))
+    except OSError as err:
+        if not _is_uri(path):  # no half-written record, no new empty directory left behind
+            with contextlib.suppress(OSError):
+                Path(_join(path, STUDY_FILE)).unlink(missing_ok=True)
+                if created:
+                    Path(path).rmdir()
+        reason = err.strerror or str(err)
+        raise ConfigError("storage", path, f"must be writable: {reason}") from err
 
 
 def _check_storage(path: str, spec: StudySpec) -> bool:

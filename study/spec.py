@@ -415,8 +415,17 @@ def _refuse_unknown(data: Mapping[str, Any], known: Sequence[str], where: str, w
     for key in data:
         if key not in known:
             raise ConfigError(
-                f"{where}{key}", data[key], f"unknown key; {what}: {', '.join(known)}"
+                f"{where}{_key_text(key)}",
+                _short(data[key]),
+                f"unknown key; {what}: {', '.join(known)}",
             )
+
+
+def _key_text(key: Any) -> str:
+    """A key as it can stand in a one-line message: quoted when not plain printable text."""
+    text = str(key)
+    plain = isinstance(key, str) and text.isprintable() and text.strip() == text and text
+    return text if plain else repr(key)
 
 
 def _parse_sections(data: Mapping[str, Any]) -> dict[str, Any]:

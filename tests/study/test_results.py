@@ -176,7 +176,7 @@ def test_a_truncated_line_is_named_in_a_warning_and_skipped(study_dir: Path) -> 
 def test_an_unreadable_result_file_is_named_and_its_trial_has_no_curve(study_dir: Path) -> None:
     path = study_dir / "abc_00001" / "result.json"
     path.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.warns(StudyDataWarning, match=rf"{path} is not readable"):
+    with pytest.warns(StudyDataWarning, match=rf"{path} line 1 is not valid JSON"):
         study = Study.open(study_dir)
         trials = study.trials()
     assert set(trials.loc[trials["trial_id"] == "abc_00001", "status"]) == {"running"}

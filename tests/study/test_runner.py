@@ -122,14 +122,19 @@ def test_a_failed_trial_is_retried_from_its_last_checkpoint(
 ) -> None:
     outcome = toy_run[0]
     trials = _trials(outcome)
-    assert trials.loc["flaky", "retries"] == 1
     assert trials.loc["flaky", "status"] == "escaped"
     trial_dir = Path(outcome.path) / str(trials.loc["flaky", "trial_id"])
     reports = [json.loads(line) for line in (trial_dir / "result.json").open()]
-    assert (trial_dir / "error.txt").exists()
+    # Ray records every failure; on a loaded machine a worker may also die on its own
+    # (an extra failure not caused by the toy), so the toy's one failure is counted apart
+    failures = re.split(r"^Failure # \d+ ", (trial_dir / "error.txt").read_text(), flags=re.M)
+    failures = [f for f in failures if f.strip()]
+    assert trials.loc["flaky", "retries"] == len(failures) >= 1
+    assert sum("toy failure, once" in f for f in failures) == 1
     # it failed at step 200 and went on from its checkpoint at step 100, not from 0
     assert [r["step"] for r in reports].count(0) == 1
-    assert {r["resumed_from"] for r in reports if r["step"] >= 200} == {100}
+    after = [r for r in reports if r["step"] >= 200]
+    assert after[0]["resumed_from"] == 100 and None not in {r["resumed_from"] for r in after}
     trial_id = trials.loc["flaky", "trial_id"]
     curve = Study.open(outcome.path).curves(where=f"trial_id == '{trial_id}'")
     assert list(curve["step"]) == list(range(0, 401, 50))
