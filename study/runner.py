@@ -169,6 +169,20 @@ def trial_name(trial: Any) -> str:
 # Ray ------------------------------------------------------------------------------------
 
 
+# Ray picks the node's outward address, and binds its servers and agents there, unless
+# multi-node mode is off; then the node address is the loopback one. Ray reads the
+# switch from the environment in its own processes and from a module constant here.
+_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _bind_to_loopback() -> None:
+    """Makes an embedded Ray listen on 127.0.0.1 only (a study joining a cluster does not)."""
+    from ray._private import ray_constants
+
+    os.environ[_SINGLE_NODE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 @contextlib.contextmanager
 def _ray_session(address: str | None, dashboard: bool | None) -> Iterator[str | None]:
     """Starts or joins Ray, and shuts down only what it started."""
@@ -181,6 +195,7 @@ def _ray_session(address: str | None, dashboard: bool | None) -> Iterator[str | 
     if address:
         kwargs["address"] = address
     else:
+        _bind_to_loopback()
         with_dashboard = dashboard_available() if dashboard is None else dashboard
         kwargs.update(include_dashboard=with_dashboard, dashboard_host="127.0.0.1")
     context = ray.init(**kwargs)
