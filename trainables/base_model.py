@@ -68,30 +68,19 @@ def make_base(
         lm = GPT2LMHeadModel(models.gpt2_config(cfg, N_POSITIONS))
     model = models.GPT2Targets(lm, data.tgt_start, data.tgt_len, None)
     params = list(model.parameters())
-    run = loop.SeedRun(
-        index=0,
-        init_seed=seed,
-        order_seed=seed,
+    solo = loop.SoloModel(
         model=model,
         params=params,
         optimizer=loop.make_optimizer(cfg, params, torch.device("cpu")),
-        order=loop.BatchOrder(torch.Generator().manual_seed(seed), data.n_examples),
-        tracker=loop.EscapeTracker(loop.escape_rule(cfg), cfg.log_k),
         rng=None,
         bad=torch.full((), -1),
     )
+    order = loop.BatchOrder(torch.Generator().manual_seed(seed), data.n_examples)
+    amp = loop.make_amp(cfg, torch.device("cpu"))
     for step in range(steps):
-        seq = data.seq[run.order.next(cfg.batch_size)]
+        seq = data.seq[order.next(cfg.batch_size)]
         targets = seq[:, data.tgt_start : data.tgt_start + data.tgt_len]
-        loop.train_step(
-            run,
-            seq,
-            targets,
-            loop.lr_at(cfg, step),
-            step + 1,
-            cfg,
-            loop.make_amp(cfg, torch.device("cpu")),
-        )
+        loop.train_step(solo, seq, targets, loop.lr_at(cfg, step), step + 1, cfg, amp)
     os.makedirs(out_dir, exist_ok=True)
     lm.save_pretrained(out_dir)
     models.write_marker(

@@ -41,6 +41,7 @@ Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["constant", "cosine"]
 Precision = Literal["fp32", "bf16"]
 LoraLrScaling = Literal["none", "inverse_rank"]
+SeedMode = Literal["auto", "stacked", "sequential"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ class TrialConfig:
     data_seed: int | None = None  # None: same as seed
     order_seed: int | None = None  # None: same as seed
     num_seeds: int = 1  # S models trained at once: seeds seed .. seed + S - 1
+    # stacked: the S seeds as one model with stacked weights; sequential: one after the
+    # other; auto: stacked when S > 1 and the model allows it (not LoRA)
+    seed_mode: SeedMode = "auto"
     device: str = "auto"
     precision: Precision = "fp32"
 
@@ -145,6 +149,13 @@ class TrialConfig:
     @property
     def resolved_order_seed(self) -> int:
         return self.seed if self.order_seed is None else self.order_seed
+
+    @property
+    def stacked(self) -> bool:
+        """Whether the seeds train as one stacked model (see ``seed_mode``)."""
+        if self.seed_mode == "auto":
+            return self.num_seeds > 1 and not self.lora_rank
+        return self.seed_mode == "stacked"
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
@@ -333,6 +344,13 @@ def _check_model(cfg: TrialConfig) -> None:
             raise ConfigError(
                 "lora_rank", cfg.lora_rank, f"must be <= the model width {cfg.width}"
             )
+    if cfg.seed_mode == "stacked" and cfg.lora_rank:
+        raise ConfigError(
+            "seed_mode",
+            cfg.seed_mode,
+            "must be 'auto' or 'sequential' with LoRA (lora_rank > 0): LoRA seeds train "
+            "one after the other",
+        )
     for name in ("n_layer", "n_head", "n_embd", "n_inner"):
         _positive(cfg, name)
     n_head = cfg.n_head or GPT2_SIZES.get(cfg.size, {}).get("n_head")

@@ -8,9 +8,13 @@ Example::
                    report=lambda metrics, checkpoint_dir: print(metrics["step"]))
 
 Ray Tune is one caller (study wraps ``report`` around ``tune.report``); tests and the
-benchmark are others. One trial trains ``num_seeds`` models one after the other at
-every step; model i has initialization seed ``seed + i`` and order seed
-``order_seed + i``, and all share the data set and the evaluation batch.
+benchmark are others. One trial trains ``num_seeds`` models; model i has
+initialization seed ``seed + i`` and order seed ``order_seed + i``, and all share the
+data set and the evaluation batch. With ``seed_mode`` stacked (the default for several
+seeds without LoRA) the S models train as one model with stacked weights
+(:mod:`trainables.stacked`); otherwise one after the other at every step
+(:class:`SequentialSeeds`). Either way seed i follows the single-seed trial of its
+seeds: exactly when sequential, to floating-point tolerance when stacked.
 
 The recipe: AdamW (or SGD) on every trainable weight, linear warm-up over
 ``warmup_steps`` then a constant learning rate (or cosine down to ``min_lr_ratio``
@@ -36,16 +40,16 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from analysis.escape import EscapeRule, EscapeTracker, all_resolved, summarize_curve
-from trainables import checkpoint, evaluate, models, tasks
-from trainables.config import TrialConfig, resolve
+from trainables import checkpoint, evaluate, models, stacked, tasks
+from trainables.config import ConfigError, TrialConfig, resolve
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +132,13 @@ class BatchOrder:
 
 @dataclass
 class SeedRun:
-    """Everything that trains and tracks one seed."""
+    """One seed's batch order, escape tracker and curve, however its model trains."""
 
     index: int
     init_seed: int
     order_seed: int
-    model: models.TargetModel
-    params: list[torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
     order: BatchOrder
     tracker: EscapeTracker
-    rng: dict[str, Any] | None  # global generator states; None when training draws none
-    bad: torch.Tensor  # first step with a non-finite loss, -1 if none (on the device)
     history: list[tuple[int, float]] = field(default_factory=list)
     last: dict[str, Any] | None = None
 
@@ -148,37 +147,53 @@ class SeedRun:
         return self.tracker.diverged_step is not None
 
 
-def make_seed_run(
-    cfg: TrialConfig, data: tasks.TaskData, index: int, floor: float, device: torch.device
-) -> SeedRun:
-    """Builds seed ``index`` of a trial: model, optimizer, order generator, tracker."""
-    init_seed = cfg.seed + index
+def make_seed_run(cfg: TrialConfig, data: tasks.TaskData, index: int, floor: float) -> SeedRun:
+    """Seed ``index`` of a trial: its seeds, order generator and tracker."""
     order_seed = cfg.resolved_order_seed + index
+    gen = torch.Generator().manual_seed(tasks.derive_seed(order_seed, tasks.ORDER_TAG))
+    return SeedRun(
+        index=index,
+        init_seed=cfg.seed + index,
+        order_seed=order_seed,
+        order=BatchOrder(gen, data.n_examples),
+        tracker=EscapeTracker(escape_rule(cfg), cfg.log_k, floor),
+    )
+
+
+@dataclass
+class SoloModel:
+    """The module and optimizer of a seed that trains on its own."""
+
+    model: models.TargetModel
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    rng: dict[str, Any] | None  # global generator states; None when training draws none
+    bad: torch.Tensor  # first step with a non-finite loss, -1 if none (on the device)
+
+
+def make_solo(
+    cfg: TrialConfig, data: tasks.TaskData, init_seed: int, device: torch.device
+) -> SoloModel:
+    """The model, optimizer and dropout generator of one seed."""
     model = models.build_model(cfg, data, init_seed).to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    gen = torch.Generator().manual_seed(tasks.derive_seed(order_seed, tasks.ORDER_TAG))
     rng = None
     if models.is_lora(cfg) and cfg.lora_dropout > 0:  # the only random draw in a step
         with torch.random.fork_rng(devices=_cuda_devices(device)):
             torch.manual_seed(tasks.derive_seed(init_seed, tasks.ORDER_TAG + 1))
             rng = _rng_state(device)
-    return SeedRun(
-        index=index,
-        init_seed=init_seed,
-        order_seed=order_seed,
+    return SoloModel(
         model=model,
         params=params,
         optimizer=make_optimizer(cfg, params, device),
-        order=BatchOrder(gen, data.n_examples),
-        tracker=EscapeTracker(escape_rule(cfg), cfg.log_k, floor),
         rng=rng,
         bad=torch.full((), -1, dtype=torch.long, device=device),
     )
 
 
 def make_optimizer(
-    cfg: TrialConfig, params: list[torch.nn.Parameter], device: torch.device
+    cfg: TrialConfig, params: Sequence[torch.Tensor], device: torch.device
 ) -> torch.optim.Optimizer:
     """AdamW or SGD with the config's settings; lr is set at every step by lr_at."""
     lr = models.base_lr(cfg)
@@ -220,7 +235,7 @@ def lr_at(cfg: TrialConfig, step: int) -> float:
 
 
 def train_step(
-    run: SeedRun,
+    run: SoloModel,
     seq: torch.Tensor,
     targets: torch.Tensor,
     lr: float,
@@ -243,7 +258,7 @@ def train_step(
 
 
 @contextlib.contextmanager
-def _seed_rng(run: SeedRun):
+def _seed_rng(run: SoloModel):
     """Lends the global generator to this seed (dropout draws from it), then takes it back."""
     if run.rng is None:
         yield
@@ -283,6 +298,96 @@ def make_amp(cfg: TrialConfig, device: torch.device) -> Callable[[], Any]:
     return contextlib.nullcontext
 
 
+class Seeds(Protocol):
+    """How a trial's S models train: :class:`SequentialSeeds` or ``stacked.StackedSeeds``.
+
+    ``indices`` holds each seed's batch [B] (None for a seed known to have diverged).
+    """
+
+    def step(self, indices: list[torch.Tensor | None], lr: float, step: int) -> None: ...
+
+    def bad_steps(self) -> list[int]: ...
+
+    def evaluate(self, batch: evaluate.EvalBatch, floor: float) -> list[dict[str, Any]]: ...
+
+    def seed_states(self) -> list[dict[str, Any]]: ...
+
+    def load_seed_states(self, states: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+class SequentialSeeds:
+    """One module per seed, trained one after the other at every step."""
+
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        data: tasks.TaskData,
+        init_seeds: list[int],
+        seq: torch.Tensor,
+        amp: Callable[[], contextlib.AbstractContextManager],
+    ) -> None:
+        self.cfg = cfg
+        self.seq = seq  # [D, T] on the device
+        self.targets = slice(data.tgt_start, data.tgt_start + data.tgt_len)
+        self.amp = amp
+        self.solos = [make_solo(cfg, data, s, seq.device) for s in init_seeds]
+
+    def step(self, indices: list[torch.Tensor | None], lr: float, step: int) -> None:
+        for solo, idx in zip(self.solos, indices, strict=True):
+            if idx is None:
+                continue
+            seq = self.seq[idx.to(self.seq.device, non_blocking=True)]
+            train_step(solo, seq, seq[:, self.targets], lr, step, self.cfg, self.amp)
+
+    def bad_steps(self) -> list[int]:
+        return [int(solo.bad.item()) for solo in self.solos]
+
+    def evaluate(self, batch: evaluate.EvalBatch, floor: float) -> list[dict[str, Any]]:
+        return [evaluate.evaluate(solo.model, batch, floor, self.amp) for solo in self.solos]
+
+    def seed_states(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "model": models.trainable_state(solo.model, self.cfg),
+                "optimizer": solo.optimizer.state_dict(),
+                "rng": solo.rng,
+                "bad": int(solo.bad.item()),
+            }
+            for solo in self.solos
+        ]
+
+    def load_seed_states(self, states: Sequence[Mapping[str, Any]]) -> None:
+        for solo, state in zip(self.solos, states, strict=True):
+            models.load_trainable_state(solo.model, self.cfg, state["model"])
+            solo.optimizer.load_state_dict(state["optimizer"])
+            solo.rng = state["rng"]
+            solo.bad.fill_(int(state["bad"]))
+
+
+def make_seeds(
+    cfg: TrialConfig,
+    data: tasks.TaskData,
+    init_seeds: list[int],
+    seq: torch.Tensor,
+    amp: Callable[[], contextlib.AbstractContextManager],
+) -> Seeds:
+    """Stacked seeds when the config asks for them (``seed_mode``), else sequential.
+
+    Raises:
+        ConfigError: ``seed_mode`` stacked for a model that cannot stack.
+    """
+    if cfg.stacked:
+        try:
+            return stacked.StackedSeeds(
+                cfg, data, init_seeds, seq, amp, lambda p: make_optimizer(cfg, p, seq.device)
+            )
+        except ConfigError as err:
+            if cfg.seed_mode != "auto":
+                raise
+            log.info("seeds train one after the other: %s", err)
+    return SequentialSeeds(cfg, data, init_seeds, seq, amp)
+
+
 class Trial:
     """One trial's state and its steps; ``train`` drives it."""
 
@@ -294,9 +399,9 @@ class Trial:
         self.floor = tasks.floor(self.data, cfg.model)
         self.seq = self.data.seq.to(self.device)
         self.eval_batch = evaluate.make_eval_batch(cfg, self.data, self.device)
-        self.runs = [
-            make_seed_run(cfg, self.data, i, self.floor, self.device) for i in range(cfg.num_seeds)
-        ]
+        self.runs = [make_seed_run(cfg, self.data, i, self.floor) for i in range(cfg.num_seeds)]
+        init_seeds = [run.init_seed for run in self.runs]
+        self.seeds = make_seeds(cfg, self.data, init_seeds, self.seq, self.amp)
         self.step = 0
         self.n_evals = 0
         self.train_s = 0.0
@@ -306,20 +411,15 @@ class Trial:
     def advance(self) -> None:
         """One step: every seed that has not diverged takes one update."""
         lr = lr_at(self.cfg, self.step)
-        for run in self.runs:
-            if run.diverged:
-                continue
-            idx = run.order.next(self.cfg.batch_size).to(self.device, non_blocking=True)
-            seq = self.seq[idx]
-            targets = seq[:, self.data.tgt_start : self.data.tgt_start + self.data.tgt_len]
-            train_step(run, seq, targets, lr, self.step + 1, self.cfg, self.amp)
+        size = self.cfg.batch_size
+        indices = [None if run.diverged else run.order.next(size) for run in self.runs]
+        self.seeds.step(indices, lr, self.step + 1)
         self.step += 1
 
     def check_divergence(self) -> bool:
         """Marks seeds whose loss went non-finite; True if any newly diverged."""
         newly = False
-        for run in self.runs:
-            bad = int(run.bad.item())
+        for run, bad in zip(self.runs, self.seeds.bad_steps(), strict=True):
             if bad >= 0 and not run.diverged:
                 run.tracker.update(bad, math.nan)
                 newly = True
@@ -328,8 +428,8 @@ class Trial:
     # evaluation
     def evaluate(self) -> None:
         watched_key = "candidate_loss" if self.cfg.task == "disambiguation" else "loss"
-        for run in self.runs:
-            metrics = evaluate.evaluate(run.model, self.eval_batch, self.floor, self.amp)
+        seeds = self.seeds.evaluate(self.eval_batch, self.floor)
+        for run, metrics in zip(self.runs, seeds, strict=True):
             watched = metrics[watched_key]
             run.tracker.update(self.step, watched)
             run.history.append((self.step, watched))
@@ -385,17 +485,14 @@ class Trial:
             "train_s": self.train_s,
             "seeds": [
                 {
-                    "model": models.trainable_state(r.model, self.cfg),
-                    "optimizer": r.optimizer.state_dict(),
+                    **trained,  # model, optimizer, rng, bad
                     "scheduler": {"step": self.step},
                     "order": r.order.state(),
-                    "rng": r.rng,
                     "tracker": _tracker_state(r.tracker),
                     "history": [[s, v] for s, v in r.history],
-                    "bad": int(r.bad.item()),
                     "last": r.last,
                 }
-                for r in self.runs
+                for r, trained in zip(self.runs, self.seeds.seed_states(), strict=True)
             ],
         }
 
@@ -408,15 +505,12 @@ class Trial:
         self.step = int(payload["step"])
         self.n_evals = int(payload["n_evals"])
         self.train_s = float(payload["train_s"])
+        self.seeds.load_seed_states(payload["seeds"])
         for run, state in zip(self.runs, payload["seeds"], strict=True):
-            models.load_trainable_state(run.model, self.cfg, state["model"])
-            run.optimizer.load_state_dict(state["optimizer"])
             run.order.load(state["order"])
-            run.rng = state["rng"]
             for name, value in state["tracker"].items():
                 setattr(run.tracker, name, value)
             run.history = [(int(s), float(v)) for s, v in state["history"]]
-            run.bad.fill_(int(state["bad"]))
             run.last = state["last"]
 
     def summaries(self) -> list[SeedSummary]:

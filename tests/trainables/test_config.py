@@ -66,6 +66,8 @@ def test_d_and_bases_derive_each_other(raw: dict, D: int, bases: int) -> None:
         ),
         ({"len_a": 2, "alphabet_size": 4, "K": 4, "bases": 5}, "bases", "distinct first"),
         ({"stop_on_escape": "yes"}, "stop_on_escape", "true or false"),
+        ({"seed_mode": "vmap"}, "seed_mode", "'auto' | 'stacked' | 'sequential'"),
+        ({"seed_mode": "stacked", "lora_rank": 4}, "seed_mode", "with LoRA"),
     ],
 )
 def test_refused_configs_name_field_value_and_rule(raw: dict, field: str, fragment: str) -> None:
@@ -94,3 +96,20 @@ def test_temperature_is_lr_over_batch() -> None:
     cfg = resolve({"lr": 1e-3, "batch_size": 128})
     assert cfg.temperature == pytest.approx(1e-3 / 128)
     assert isinstance(cfg, TrialConfig)
+
+
+@pytest.mark.parametrize(
+    ("raw", "stacked"),
+    [
+        ({}, False),
+        ({"num_seeds": 4}, True),
+        ({"num_seeds": 4, "model": "mlp"}, True),
+        ({"num_seeds": 4, "lora_rank": 8}, False),
+        ({"num_seeds": 4, "seed_mode": "sequential"}, False),
+        ({"num_seeds": 1, "seed_mode": "stacked"}, True),
+    ],
+)
+def test_seeds_stack_by_default_when_there_are_several_and_no_lora(
+    raw: dict, stacked: bool
+) -> None:
+    assert resolve(raw).stacked is stacked

@@ -147,7 +147,10 @@ def test_evaluation_never_changes_training():
         {},
         {"task": "mapping", "direction": "inverse", "model": "mlp", "mlp_width": 32},
         {"lora_rank": 2, "lora_dropout": 0.1},
-        {"optimizer": "sgd", "schedule": "cosine", "num_seeds": 2},
+        {"optimizer": "sgd", "schedule": "cosine", "num_seeds": 2},  # stacked
+        {"num_seeds": 3},  # stacked GPT-2, AdamW
+        {"num_seeds": 2, "model": "mlp", "mlp_width": 32, "precision": "bf16"},  # stacked
+        {"num_seeds": 2, "seed_mode": "sequential"},
     ],
 )
 def test_resume_reproduces_the_uninterrupted_curve(tmp_path, extra):
@@ -200,8 +203,10 @@ def test_a_non_finite_loss_ends_the_trial_as_diverged():
     assert result.status == "diverged" and result.seeds[0].diverged_step == s["diverged_step"]
 
 
-def test_several_seeds_train_side_by_side_as_their_single_seed_trials():
-    _, both = run({"num_seeds": 2, "seed": 1, "order_seed": 3, "data_seed": 0})
+def test_sequential_seeds_train_exactly_as_their_single_seed_trials():
+    _, both = run(
+        {"num_seeds": 2, "seed": 1, "order_seed": 3, "data_seed": 0, "seed_mode": "sequential"}
+    )
     _, second = run({"seed": 2, "order_seed": 4, "data_seed": 0})
     last = both.reports[-1]
     assert last["n_seeds"] == 2 and [s["seed"] for s in last["seeds"]] == [1, 2]
