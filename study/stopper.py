@@ -18,33 +18,9 @@ from ray import tune
 
 from analysis.escape import EscapeRule, EscapeTracker
 from study.spec import trial_config
-from trainables.config import ConfigError, TrialConfig, resolve
+from trainables.config import ConfigError, TrialConfig, escape_rule, resolve, watched_metric
 
 logger = logging.getLogger(__name__)
-
-
-def escape_rule(cfg: TrialConfig) -> EscapeRule:
-    """The escape rule a trial config asks for (the training loop builds the same).
-
-    Args:
-        cfg: a resolved trial config.
-
-    Returns:
-        The rule: ``escape`` mode for the disambiguation task, ``converge`` otherwise.
-    """
-    return EscapeRule(
-        fraction=cfg.escape_fraction,
-        confirm=cfg.escape_confirm,
-        plateau_tolerance=cfg.plateau_tolerance,
-        tail=cfg.escape_tail,
-        mode="escape" if cfg.task == "disambiguation" else "converge",
-        converge_tol=cfg.converge_tol,
-    )
-
-
-def watched_metric(cfg: TrialConfig) -> str:
-    """The per-seed metric the escape rule watches: the candidate-set loss or the loss."""
-    return "candidate_loss" if cfg.task == "disambiguation" else "loss"
 
 
 @dataclass

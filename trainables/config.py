@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from analysis.escape import EscapeRule
+
 
 class ConfigError(ValueError):
     """A config value that is not allowed. ``str(err)`` is a one-line message."""
@@ -390,3 +392,27 @@ def _room(name: str, count: int, alphabet: int, length: int, what: str) -> None:
             count,
             f"must be <= {alphabet}**{length} = {alphabet**length} {what}",
         )
+
+
+def escape_rule(cfg: TrialConfig) -> EscapeRule:
+    """The escape rule a trial config asks for, as the loop and the stopper apply it.
+
+    Args:
+        cfg: a resolved trial config.
+
+    Returns:
+        The rule: ``escape`` mode for the disambiguation task, ``converge`` otherwise.
+    """
+    return EscapeRule(
+        fraction=cfg.escape_fraction,
+        confirm=cfg.escape_confirm,
+        plateau_tolerance=cfg.plateau_tolerance,
+        tail=cfg.escape_tail,
+        mode="escape" if cfg.task == "disambiguation" else "converge",
+        converge_tol=cfg.converge_tol,
+    )
+
+
+def watched_metric(cfg: TrialConfig) -> str:
+    """The per-seed metric the escape rule watches: the candidate-set loss or the loss."""
+    return "candidate_loss" if cfg.task == "disambiguation" else "loss"

@@ -47,9 +47,9 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from analysis.escape import EscapeRule, EscapeTracker, all_resolved, summarize_curve
+from analysis.escape import EscapeTracker, all_resolved, summarize_curve
 from trainables import checkpoint, evaluate, models, stacked, tasks
-from trainables.config import ConfigError, TrialConfig, resolve
+from trainables.config import ConfigError, TrialConfig, escape_rule, resolve, watched_metric
 
 log = logging.getLogger(__name__)
 
@@ -208,17 +208,6 @@ def make_optimizer(
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
         fused=device.type in ("cpu", "cuda"),
-    )
-
-
-def escape_rule(cfg: TrialConfig) -> EscapeRule:
-    return EscapeRule(
-        fraction=cfg.escape_fraction,
-        confirm=cfg.escape_confirm,
-        plateau_tolerance=cfg.plateau_tolerance,
-        tail=cfg.escape_tail,
-        mode="escape" if cfg.task == "disambiguation" else "converge",
-        converge_tol=cfg.converge_tol,
     )
 
 
@@ -427,7 +416,7 @@ class Trial:
 
     # evaluation
     def evaluate(self) -> None:
-        watched_key = "candidate_loss" if self.cfg.task == "disambiguation" else "loss"
+        watched_key = watched_metric(self.cfg)
         seeds = self.seeds.evaluate(self.eval_batch, self.floor)
         for run, metrics in zip(self.runs, seeds, strict=True):
             watched = metrics[watched_key]
