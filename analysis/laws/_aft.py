@@ -27,7 +27,15 @@ from lifelines import LogNormalAFTFitter, WeibullAFTFitter
 from lifelines.exceptions import ConvergenceError
 from scipy import stats
 
-from analysis.laws._base import Estimate, FitError, FitWarning, geometric_center, t_estimate
+from analysis.laws._base import (
+    Estimate,
+    FitError,
+    FitWarning,
+    SurvivalData,
+    geometric_center,
+    survival_data,
+    t_estimate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -245,3 +253,50 @@ def enough_escapes(frame: pd.DataFrame, k: int) -> str:
         f"needs more escapes than the {k} coefficients of the law; found {n_events} escaped "
         f"of {len(frame)} trials: raise max_steps or add seeds"
     )
+
+
+@dataclass
+class TwoAxisDesign:
+    """Censored escape times with log covariates of a main axis and an optional second."""
+
+    data: SurvivalData
+    covariates: list[str]
+    reference: tuple[float, float]  # the main and second axes' centres (or only value)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return self.data.frame
+
+
+def two_axis_design(
+    rows: pd.DataFrame, law: str, axes: tuple[str, str], names: tuple[str, str], confound: str
+) -> TwoAxisDesign | str:
+    """Builds the AFT design on ``log`` of two axes, or returns why it cannot be fitted.
+
+    Args:
+        rows: trial rows of one slice (other axes held fixed).
+        law: the law's name, for messages.
+        axes: the main axis (always a covariate) and the second (a covariate when it
+            varies).
+        names: covariate names for the two axes, e.g. ``("log_lr", "log_batch")``.
+        confound: the remedy named when the two axes change together.
+
+    Returns:
+        The design, or a skip reason (a string).
+    """
+    data = survival_data(rows, law)
+    frame = data.frame
+    frame[names[0]], ref0 = log_axis(frame[axes[0]])
+    covariates = [names[0]]
+    ref1 = float(frame[axes[1]].iloc[0])
+    if frame[axes[1]].nunique() > 1:
+        frame[names[1]], ref1 = log_axis(frame[axes[1]])
+        covariates.append(names[1])
+    if design_rank(frame, covariates) < len(covariates) + 1:
+        return (
+            f"{axes[0]} and {axes[1]} change together across the cells, so their effects "
+            f"cannot be separated; {confound}"
+        )
+    if frame["event"].sum() <= len(covariates) + 1:
+        return enough_escapes(frame, len(covariates) + 1)
+    return TwoAxisDesign(data, covariates, (ref0, ref1))

@@ -10,11 +10,9 @@ import pandas as pd
 from analysis.laws._aft import (
     DISTRIBUTIONS,
     cells_without_escape,
-    design_rank,
-    enough_escapes,
     few_events_warning,
     fit_aft,
-    log_axis,
+    two_axis_design,
 )
 from analysis.laws._base import (
     LawFitter,
@@ -23,7 +21,6 @@ from analysis.laws._base import (
     mean_estimate,
     require_columns,
     select_task,
-    survival_data,
 )
 from analysis.reference import references
 
@@ -70,21 +67,17 @@ class PlateauDurationFitter(LawFitter):
         if rows["D"].nunique() < 2:
             found = describe_values(rows["D"])
             return self._skip(f"needs at least 2 distinct D values at fixed K; found {found}")
-        data = survival_data(rows, self.law)
-        frame = data.frame
-        frame["log_D"], d0 = log_axis(frame["D"])
-        covariates = ["log_D"]
-        k0 = float(frame["K"].iloc[0])
-        if frame["K"].nunique() > 1:
-            frame["log_K"], k0 = log_axis(frame["K"])
-            covariates.append("log_K")
-        if design_rank(frame, covariates) < len(covariates) + 1:
-            return self._skip(
-                "D and K change together across the cells, so their effects cannot be "
-                "separated; vary D at fixed K and K at fixed D"
-            )
-        if frame["event"].sum() <= len(covariates) + 1:
-            return self._skip(enough_escapes(frame, len(covariates) + 1))
+        design = two_axis_design(
+            rows,
+            self.law,
+            ("D", "K"),
+            ("log_D", "log_K"),
+            "vary D at fixed K and K at fixed D",
+        )
+        if isinstance(design, str):
+            return self._skip(design)
+        data, frame, covariates = design.data, design.frame, design.covariates
+        d0, k0 = design.reference
 
         empty = cells_without_escape(frame, ["D", "K"])
         remedies = (

@@ -13,11 +13,9 @@ from analysis.laws._aft import (
     DISTRIBUTIONS,
     AFTResult,
     cells_without_escape,
-    design_rank,
-    enough_escapes,
     few_events_warning,
     fit_aft,
-    log_axis,
+    two_axis_design,
 )
 from analysis.laws._base import (
     LawFitter,
@@ -26,7 +24,6 @@ from analysis.laws._base import (
     hold_fixed,
     require_columns,
     select_task,
-    survival_data,
 )
 from analysis.reference import references
 
@@ -84,21 +81,17 @@ class NoiseStabilizationFitter(LawFitter):
             return self._skip(
                 f"needs at least 2 distinct lr values; found {describe_values(rows['lr'])}"
             )
-        data = survival_data(rows, self.law)
-        frame = data.frame
-        frame["log_lr"], lr0 = log_axis(frame["lr"])
-        covariates = ["log_lr"]
-        batch0 = float(frame["batch_size"].iloc[0])
-        if frame["batch_size"].nunique() > 1:
-            frame["log_batch"], batch0 = log_axis(frame["batch_size"])
-            covariates.append("log_batch")
-        if design_rank(frame, covariates) < len(covariates) + 1:
-            return self._skip(
-                "lr and batch_size change together across the cells, so their effects "
-                "cannot be separated; vary them independently (e.g. a 2 x 2 grid)"
-            )
-        if frame["event"].sum() <= len(covariates) + 1:
-            return self._skip(enough_escapes(frame, len(covariates) + 1))
+        design = two_axis_design(
+            rows,
+            self.law,
+            ("lr", "batch_size"),
+            ("log_lr", "log_batch"),
+            "vary them independently (e.g. a 2 x 2 grid)",
+        )
+        if isinstance(design, str):
+            return self._skip(design)
+        data, frame, covariates = design.data, design.frame, design.covariates
+        lr0, batch0 = design.reference
 
         remedies = self._remedies(frame)
         power = fit_aft(frame, covariates, self.distribution, self.law, remedies)
