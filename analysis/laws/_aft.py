@@ -71,11 +71,11 @@ class _LeastSquaresStart:
 
 
 class _LogNormalAFT(_LeastSquaresStart, LogNormalAFTFitter):
-    pass
+    """Log-normal AFT started from least squares."""
 
 
 class _WeibullAFT(_LeastSquaresStart, WeibullAFTFitter):
-    pass
+    """Weibull AFT started from least squares."""
 
 
 # fitter class, location parameter (log-time coefficients), scale parameter
