@@ -16,6 +16,16 @@ import torch
 
 from trainables.tasks import VOCAB_SIZE
 
+# A recipe whose first SGD updates overflow the weights: the loss turns non-finite.
+DIVERGING = {
+    "optimizer": "sgd",
+    "lr": 1e12,
+    "grad_clip": None,
+    "warmup_steps": 0,
+    "momentum": 0.0,
+    "max_steps": 50,
+    "eval_every": 10,
+}
 NEG = -1e9  # log of a zero probability, finite so that sums stay defined
 
 

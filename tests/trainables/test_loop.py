@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 
+from tests.trainables.oracles import DIVERGING
 from trainables import checkpoint, loop
 from trainables.config import ConfigError, resolve
 
@@ -185,17 +186,7 @@ def test_lora_checkpoints_hold_only_the_adapters(tmp_path):
 
 
 def test_a_non_finite_loss_ends_the_trial_as_diverged():
-    result, rec = run(
-        {
-            "optimizer": "sgd",
-            "lr": 1e12,
-            "grad_clip": None,
-            "warmup_steps": 0,
-            "momentum": 0.0,
-            "max_steps": 50,
-            "eval_every": 10,
-        }
-    )
+    result, rec = run(DIVERGING)
     last = rec.reports[-1]
     assert last["done"] and last["step"] < 50
     s = last["seeds"][0]

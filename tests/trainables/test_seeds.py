@@ -14,6 +14,7 @@ import shutil
 import pytest
 import torch
 
+from tests.trainables.oracles import DIVERGING
 from trainables import checkpoint, evaluate, loop, models, stacked
 
 # tiny GPT-2 and MLP settings whose seeds escape within about 100 steps
@@ -107,16 +108,7 @@ def test_each_seed_escapes_on_its_own_and_the_trial_waits_for_the_last(side_by_s
 
 
 def test_every_seed_diverges_at_its_single_seed_step():
-    cfg = {
-        **QUICK,
-        "optimizer": "sgd",
-        "lr": 1e12,
-        "grad_clip": None,
-        "warmup_steps": 0,
-        "momentum": 0.0,
-        "max_steps": 50,
-        "eval_every": 10,
-    }
+    cfg = {**QUICK, **DIVERGING}
     result, reports = train({**cfg, "num_seeds": S, "seed": 1, "order_seed": 3})
     singles = [train({**cfg, "seed": 1 + i, "order_seed": 3 + i})[0] for i in range(S)]
     assert [s.status for s in result.seeds] == ["diverged"] * S
