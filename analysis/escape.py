@@ -4,7 +4,14 @@ Both the online stopper (inside a trial) and the offline analysis use this modul
 an escape step means the same thing everywhere.
 
 - plateau: the watched loss lies within ``plateau_tolerance * log K`` of ``log K``.
-- plateau onset: the first evaluation on the plateau.
+  With ``onset="marginal"`` (the disambiguation task's default) the first-target-token
+  loss over the whole vocabulary must lie there too: the model has learned which K
+  first symbols belong to B, the marginal P(A | B), and does not yet use z. An
+  untrained model's candidate-set loss is already log K, so the watched loss alone
+  would put the onset at step 0. Evaluations without a first-token loss fall back to
+  the watched loss.
+- plateau onset: the first evaluation on the plateau, before the escape; a run that
+  escapes without one has no plateau (no onset, no waiting time, no plateau height).
 - escape: the watched loss is below ``fraction * log K`` for ``confirm`` consecutive
   evaluations; the escape step is the first evaluation of that run.
 - convergence (tasks without a plateau to escape, such as the mapping task): the
@@ -34,6 +41,7 @@ DIVERGED = "diverged"
 FAILED = "failed"
 RUNNING = "running"
 STATUSES = (ESCAPED, CENSORED, CONVERGED, DIVERGED, FAILED, RUNNING)
+ONSETS = ("marginal", "watched")
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,8 @@ class EscapeRule:
         tail: evaluations kept after a confirmed escape (to measure its sharpness).
         mode: ``"escape"`` (leave the log K plateau) or ``"converge"`` (reach the floor).
         converge_tol: excess over the floor, in nats, that counts as converged.
+        onset: ``"marginal"`` (the plateau also needs the first-token loss at log K)
+            or ``"watched"`` (the watched loss alone).
     """
 
     fraction: float = 0.5
@@ -55,6 +65,7 @@ class EscapeRule:
     tail: int = 0
     mode: str = "escape"
     converge_tol: float = 0.05
+    onset: str = "marginal"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction < 1.0:
@@ -75,6 +86,10 @@ class EscapeRule:
             )
         if self.converge_tol <= 0:
             raise ValueError(f"converge_tol={self.converge_tol!r} is not allowed: must be > 0")
+        if self.onset not in ONSETS:
+            raise ValueError(
+                f"plateau onset={self.onset!r} is not allowed: must be one of {ONSETS}"
+            )
 
 
 @dataclass
@@ -83,6 +98,7 @@ class EscapeTracker:
 
     ``value`` is the watched loss: the candidate-set loss for the disambiguation task
     (plateau at log K), the reported loss otherwise. ``floor`` is that loss's floor.
+    ``marginal`` is the first-target-token loss, when recorded (see ``onset``).
     """
 
     rule: EscapeRule
@@ -125,7 +141,7 @@ class EscapeTracker:
             return CONVERGED
         return CENSORED
 
-    def update(self, step: int, value: float) -> None:
+    def update(self, step: int, value: float, marginal: float | None = None) -> None:
         """Feeds one evaluation; evaluations must come in increasing step order."""
         if self.diverged_step is not None:
             return
@@ -136,7 +152,7 @@ class EscapeTracker:
         if self.confirmed:
             self._after_confirm += 1
             return
-        if self.onset_step is None and self._on_plateau(value):
+        if self.onset_step is None and self._on_plateau(value, marginal):
             self.onset_step = step
         if value < self.threshold:
             if self._run_start is None:
@@ -150,10 +166,15 @@ class EscapeTracker:
             else:
                 self.escape_step = self._run_start
 
-    def _on_plateau(self, value: float) -> bool:
+    def _on_plateau(self, value: float, marginal: float | None) -> bool:
         if self.log_k <= 0:
             return False
-        return abs(value - self.log_k) <= self.rule.plateau_tolerance * self.log_k
+        near = self.rule.plateau_tolerance * self.log_k
+        if abs(value - self.log_k) > near:
+            return False
+        if self.rule.onset == "watched" or marginal is None or not math.isfinite(marginal):
+            return True
+        return abs(marginal - self.log_k) <= near
 
 
 @dataclass(frozen=True)
@@ -177,6 +198,7 @@ def summarize_curve(
     log_k: float,
     rule: EscapeRule | None = None,
     floor: float = 0.0,
+    marginals: Sequence[float | None] | None = None,
 ) -> EscapeSummary:
     """Applies the escape rule to a whole curve.
 
@@ -186,6 +208,8 @@ def summarize_curve(
         log_k: the plateau height the rule refers to (nats).
         rule: thresholds; the default rule when None.
         floor: floor of the watched loss (used in ``converge`` mode).
+        marginals: the first-target-token loss at each step, for the ``marginal``
+            plateau onset; None when not recorded.
 
     Returns:
         The status a run ending at the last step would have, onset, escape step,
@@ -196,9 +220,12 @@ def summarize_curve(
     rule = rule or EscapeRule()
     if len(steps) != len(values):
         raise ValueError(f"steps and values differ in length: {len(steps)} != {len(values)}")
+    if marginals is not None and len(marginals) != len(steps):
+        raise ValueError(f"steps and marginals differ in length: {len(steps)} != {len(marginals)}")
     tracker = EscapeTracker(rule, log_k, floor)
-    for step, value in zip(steps, values, strict=True):
-        tracker.update(int(step), float(value))
+    for i, (step, value) in enumerate(zip(steps, values, strict=True)):
+        marginal = None if marginals is None or marginals[i] is None else float(marginals[i])
+        tracker.update(int(step), float(value), marginal)
     waiting = None
     if tracker.escape_step is not None and tracker.onset_step is not None:
         waiting = tracker.escape_step - tracker.onset_step

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.escape import CENSORED, FAILED, RUNNING, EscapeRule, summarize_curve
+from analysis.escape import CENSORED, FAILED, ONSETS, RUNNING, EscapeRule, summarize_curve
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ RULE_COLUMNS = {
     "converge_tol": "converge_tol",
     "escape_tail": "tail",
 }
+# the curve column the ``marginal`` plateau onset reads (first-target-token loss)
+MARGINAL_COLUMN = "first_token_loss"
 ESCAPE_COLUMNS = (
     "trial_id", "seed", "status", "steps", "plateau_onset_step", "escape_step",
     "converged_step", "diverged_step", "waiting_time", "transition_width", "plateau_loss",
@@ -49,7 +51,9 @@ def escape_table(
         trials: the trials table; ``trial_id`` and ``K`` are needed, ``task``,
             ``floor`` and ``status`` are used when present, and the rule columns
             ``escape_fraction, escape_confirm, plateau_tolerance, converge_tol,
-            escape_tail`` override the default rule per trial. Rows are matched on
+            escape_tail, plateau_onset`` override the default rule per trial
+            (``distinct_first`` false forces the ``watched`` onset: the first-token
+            loss of the marginal is not log K then). Rows are matched on
             (trial_id, seed) when the table has seeds, else on trial_id.
         rule: one rule for every trial instead (its mode is still set by the task).
 
@@ -156,8 +160,19 @@ def _summarize(
     column = "loss" if mode == "converge" else _watched_column(curve)
     steps = curve["step"].to_numpy(dtype=float)
     values = curve[column].to_numpy(dtype=float)
+    marginals = None
+    if MARGINAL_COLUMN in curve.columns:
+        marginals = [
+            None if not math.isfinite(v) else v
+            for v in pd.to_numeric(curve[MARGINAL_COLUMN], errors="coerce").to_numpy(float)
+        ]
     summary = summarize_curve(
-        steps.astype(int).tolist(), values.tolist(), log_k, _rule(config, rule, mode), floor
+        steps.astype(int).tolist(),
+        values.tolist(),
+        log_k,
+        _rule(config, rule, mode),
+        floor,
+        marginals,
     )
     status = summary.status
     if status == CENSORED and config.get("status") in (FAILED, RUNNING):
@@ -205,6 +220,11 @@ def _rule(config: dict[str, Any], rule: EscapeRule | None, mode: str) -> EscapeR
         value = _number(config.get(column))
         if value is not None:
             kwargs[name] = int(value) if name in ("confirm", "tail") else value
+    onset = config.get("plateau_onset")
+    if onset in ONSETS:
+        kwargs["onset"] = onset
+    if config.get("distinct_first") is False:  # the first-token floor is not log K then
+        kwargs["onset"] = "watched"
     return EscapeRule(**kwargs)
 
 

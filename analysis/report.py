@@ -195,6 +195,11 @@ def _duration_verdict(entry: dict[str, Any]) -> list[str]:
             f"At fixed D the escape step {verdict} on K (K_exponent interval "
             f"{'covers' if entry['K_independent'] else 'excludes'} 0)."
         )
+    if "plateau_candidates" in entry:
+        lines.append(
+            f"{entry['plateau_rows']} of {entry['plateau_candidates']} escaped or censored "
+            "runs had a plateau onset (the first evaluation on the plateau before the escape)."
+        )
     if "plateau_height" in entry["params"]:
         lines.append(
             f"Plateau height / log K over {entry.get('plateau_height_n')} rows: "
@@ -237,7 +242,8 @@ def _routing_verdict(entry: dict[str, Any]) -> list[str]:
     return [
         f"Definition: {entry['definition']}.",
         f"Median routing lead {_number(entry['median_routing_lead'])}; escaped seeds whose "
-        f"routing score did not rise: {entry['n_no_rise']}.",
+        f"routing score did not rise: {entry['n_no_rise']}; escaped without a plateau "
+        f"onset (no waiting time): {entry.get('n_no_plateau', 0)}.",
     ]
 
 
@@ -258,7 +264,11 @@ def _method_notes() -> list[str]:
         f"- Escape: the watched loss (candidate-set loss for the disambiguation task) below "
         f"{rule.fraction} x log K for {rule.confirm} consecutive evaluations, unless a trial "
         "set its own rule; the escape step is the first of them. Plateau onset: the first "
-        f"evaluation within {rule.plateau_tolerance:.0%} of log K.",
+        f"evaluation before the escape where the watched loss and the first-target-token "
+        f"loss over the whole vocabulary are both within {rule.plateau_tolerance:.0%} of "
+        "log K (the marginal is learned; an untrained model's candidate-set loss is "
+        "already log K), or the watched loss alone for trials with `plateau_onset: "
+        "watched`; runs without an onset have no waiting time and no plateau height.",
         "- Censoring: trials that did not escape (censored, diverged, failed, running) enter "
         "the escape-time fits as right-censored at their last step; none is dropped.",
         "- Escape-time laws are accelerated-failure-time regressions (lifelines); intervals "

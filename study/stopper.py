@@ -10,6 +10,7 @@ are censored.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,14 @@ from ray import tune
 
 from analysis.escape import EscapeRule, EscapeTracker
 from study.spec import trial_config
-from trainables.config import ConfigError, TrialConfig, escape_rule, resolve, watched_metric
+from trainables.config import (
+    MARGINAL_METRIC,
+    ConfigError,
+    TrialConfig,
+    escape_rule,
+    resolve,
+    watched_metric,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +43,8 @@ class TrialWatch:
     log_k: float
     metric: str
     stop_on_escape: bool = True
-    history: dict[int, list[tuple[int, float, float]]] = field(default_factory=dict)
+    # per seed: (step, watched loss, floor, first-token loss or None)
+    history: dict[int, list[tuple[int, float, float, float | None]]] = field(default_factory=dict)
     trackers: dict[int, EscapeTracker] = field(default_factory=dict)
     last_step: int = -1
 
@@ -58,8 +67,9 @@ class TrialWatch:
             if value is None:
                 continue
             floor = float(seed.get("floor") or 0.0)
-            self.history.setdefault(i, []).append((step, float(value), floor))
-            self._tracker(i, floor).update(step, float(value))
+            marginal = _finite_or_none(seed.get(MARGINAL_METRIC))
+            self.history.setdefault(i, []).append((step, float(value), floor, marginal))
+            self._tracker(i, floor).update(step, float(value), marginal)
 
     def _tracker(self, index: int, floor: float) -> EscapeTracker:
         if index not in self.trackers:
@@ -71,8 +81,8 @@ class TrialWatch:
         for index, points in history.items():
             kept = [p for p in points if p[0] < step]
             self.history[index] = kept
-            for s, value, floor in kept:
-                self._tracker(index, floor).update(s, value)
+            for s, value, floor, marginal in kept:
+                self._tracker(index, floor).update(s, value, marginal)
 
 
 class EscapeStopper(tune.Stopper):
@@ -111,3 +121,12 @@ class EscapeStopper(tune.Stopper):
                 return None
             self._watches[trial_id] = TrialWatch.for_config(cfg)
         return self._watches[trial_id]
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """A finite float, or None for a missing or non-finite value."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -44,6 +44,7 @@ Schedule = Literal["constant", "cosine"]
 Precision = Literal["fp32", "bf16"]
 LoraLrScaling = Literal["none", "inverse_rank"]
 SeedMode = Literal["auto", "stacked", "sequential"]
+PlateauOnset = Literal["marginal", "watched"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,9 @@ class TrialConfig:
     escape_confirm: int = 3
     escape_tail: int = 0
     plateau_tolerance: float = 0.05
+    # marginal: the plateau starts once the first-target-token loss is at log K too
+    # (the marginal is learned); watched: once the watched loss is (see analysis.escape)
+    plateau_onset: PlateauOnset = "marginal"
     converge_tol: float = 0.05
 
     # seeds and device
@@ -410,7 +414,12 @@ def escape_rule(cfg: TrialConfig) -> EscapeRule:
         tail=cfg.escape_tail,
         mode="escape" if cfg.task == "disambiguation" else "converge",
         converge_tol=cfg.converge_tol,
+        onset=cfg.plateau_onset if cfg.distinct_first else "watched",
     )
+
+
+# the per-seed metric the ``marginal`` plateau onset reads (see analysis.escape)
+MARGINAL_METRIC = "first_token_loss"
 
 
 def watched_metric(cfg: TrialConfig) -> str:

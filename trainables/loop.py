@@ -49,7 +49,14 @@ import torch.nn.functional as F
 
 from analysis.escape import EscapeTracker, all_resolved, summarize_curve
 from trainables import checkpoint, evaluate, models, stacked, tasks
-from trainables.config import ConfigError, TrialConfig, escape_rule, resolve, watched_metric
+from trainables.config import (
+    MARGINAL_METRIC,
+    ConfigError,
+    TrialConfig,
+    escape_rule,
+    resolve,
+    watched_metric,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +146,8 @@ class SeedRun:
     order_seed: int
     order: BatchOrder
     tracker: EscapeTracker
-    history: list[tuple[int, float]] = field(default_factory=list)
+    # (step, watched loss, first-token loss or None) at every evaluation
+    history: list[tuple[int, float, float | None]] = field(default_factory=list)
     last: dict[str, Any] | None = None
 
     @property
@@ -419,9 +427,9 @@ class Trial:
         watched_key = watched_metric(self.cfg)
         seeds = self.seeds.evaluate(self.eval_batch, self.floor)
         for run, metrics in zip(self.runs, seeds, strict=True):
-            watched = metrics[watched_key]
-            run.tracker.update(self.step, watched)
-            run.history.append((self.step, watched))
+            watched, marginal = metrics[watched_key], metrics.get(MARGINAL_METRIC)
+            run.tracker.update(self.step, watched, marginal)
+            run.history.append((self.step, watched, marginal))
             run.last = metrics
         self.n_evals += 1
 
@@ -478,7 +486,7 @@ class Trial:
                     "scheduler": {"step": self.step},
                     "order": r.order.state(),
                     "tracker": _tracker_state(r.tracker),
-                    "history": [[s, v] for s, v in r.history],
+                    "history": [list(point) for point in r.history],
                     "last": r.last,
                 }
                 for r, trained in zip(self.runs, self.seeds.seed_states(), strict=True)
@@ -499,7 +507,7 @@ class Trial:
             run.order.load(state["order"])
             for name, value in state["tracker"].items():
                 setattr(run.tracker, name, value)
-            run.history = [(int(s), float(v)) for s, v in state["history"]]
+            run.history = [_history_point(*point) for point in state["history"]]
             run.last = state["last"]
 
     def summaries(self) -> list[SeedSummary]:
@@ -508,11 +516,12 @@ class Trial:
             t, last = run.tracker, run.last or {}
             curve = (
                 summarize_curve(
-                    [s for s, _ in run.history],
-                    [v for _, v in run.history],
+                    [p[0] for p in run.history],
+                    [p[1] for p in run.history],
                     self.cfg.log_k,
                     t.rule,
                     self.floor,
+                    [p[2] for p in run.history],
                 )
                 if run.history
                 else None
@@ -599,6 +608,13 @@ def _report(trial: Trial, report: Report | None, done: bool, steps_per_s: float 
         report(metrics, ckpt)
     finally:
         checkpoint.remove(ckpt)
+
+
+def _history_point(
+    step: Any, watched: Any, marginal: Any = None
+) -> tuple[int, float, float | None]:
+    """One saved history point; checkpoints without the first-token loss have two fields."""
+    return int(step), float(watched), None if marginal is None else float(marginal)
 
 
 def _tracker_state(tracker: EscapeTracker) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from analysis.escape import CENSORED, ESCAPED
 from analysis.laws._aft import (
     DISTRIBUTIONS,
     cells_without_escape,
@@ -37,7 +38,10 @@ class PlateauDurationFitter(LawFitter):
     depend on K when its interval covers 0 (``K_independent``). D0 and K0 are the
     geometric centres of the study's values; ``median_escape_at_ref`` is the median
     escape step there. ``plateau_height`` is the mean of plateau_loss / log K over every
-    disambiguation row with a plateau (1 when the plateau sits at log K).
+    disambiguation row with a plateau (1 when the plateau sits at log K);
+    ``plateau_rows`` / ``plateau_candidates`` counts the rows with a plateau onset among
+    those that escaped or were censored (with the ``marginal`` onset, a run that
+    escapes before its first-token loss reaches log K has no plateau).
 
     Other varying design columns (lr, batch size, model, ...) are held fixed at the
     slice with the most (D, K) cells.
@@ -112,6 +116,10 @@ class PlateauDurationFitter(LawFitter):
     def _plateau_height(self, rows: pd.DataFrame) -> None:
         if "plateau_loss" not in rows.columns:
             return
+        settled = rows[rows["status"].isin((ESCAPED, CENSORED))]
+        if "plateau_onset_step" in settled.columns:
+            self.extra_["plateau_candidates"] = len(settled)
+            self.extra_["plateau_rows"] = int(settled["plateau_onset_step"].notna().sum())
         ratio = pd.to_numeric(rows["plateau_loss"], errors="coerce") / np.log(
             rows["K"].astype(float)
         )

@@ -27,7 +27,8 @@ class RoutingLeadFitter(LawFitter):
     ``routing_lead`` and ``z_shuffle_lead`` are the means over seeds with a t interval;
     0.5 means the probe is half-way up when half of the waiting time is left. Seeds that
     did not escape have no lead: they are counted in ``n_censored`` and not averaged.
-    Seeds whose probe did not rise are counted in ``n_no_rise``.
+    Seeds whose probe did not rise are counted in ``n_no_rise``, escaped seeds without
+    a plateau onset (no waiting time to measure the lead in) in ``n_no_plateau``.
     """
 
     law = "routing_lead"
@@ -54,11 +55,21 @@ class RoutingLeadFitter(LawFitter):
         escaped = rows["status"] == escape.ESCAPED
         leads = pd.to_numeric(rows["routing_lead"], errors="coerce")
         usable = escaped & np.isfinite(leads)
+        no_plateau = escaped & _missing(rows, "plateau_onset_step")
         if usable.sum() < 2:
-            return self._skip(
-                f"needs at least 2 escaped seeds whose routing score rises; found "
-                f"{int(usable.sum())} ({int(escaped.sum())} escaped of {len(rows)})"
+            why = (
+                f"needs at least 2 escaped seeds with a plateau onset whose routing score "
+                f"rises; found {int(usable.sum())} ({int(escaped.sum())} escaped of "
+                f"{len(rows)}"
             )
+            if no_plateau.any():
+                why += (
+                    f", {int(no_plateau.sum())} of them escaped without a plateau onset: "
+                    "the first-token loss never reached log K first; trials with "
+                    "`plateau_onset: watched` measure the waiting time from the watched "
+                    "loss instead"
+                )
+            return self._skip(why + ")")
         self.params_["routing_lead"] = mean_estimate(leads[usable].to_numpy())
         if "z_shuffle_lead" in rows.columns:
             z = pd.to_numeric(rows["z_shuffle_lead"], errors="coerce")
@@ -71,6 +82,14 @@ class RoutingLeadFitter(LawFitter):
         self.extra_.update(
             definition=DEFINITION,
             median_routing_lead=float(leads[usable].median()),
-            n_no_rise=int((escaped & ~np.isfinite(leads)).sum()),
+            n_no_rise=int((escaped & ~np.isfinite(leads) & ~no_plateau).sum()),
+            n_no_plateau=int(no_plateau.sum()),
             reference=references(self.law),
         )
+
+
+def _missing(rows: pd.DataFrame, column: str) -> pd.Series:
+    """True where the column is absent or empty (every row when there is no column)."""
+    if column not in rows.columns:
+        return pd.Series(False, index=rows.index)
+    return rows[column].isna()

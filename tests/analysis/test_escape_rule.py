@@ -89,3 +89,48 @@ def test_transition_width_spans_ninety_to_ten_percent() -> None:
 def test_bad_rule_is_refused(kwargs: dict, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         EscapeRule(**kwargs)
+
+
+LOG_V = math.log(36)  # first-token loss of a model that has not learned B's first symbols
+
+
+def test_marginal_onset_waits_for_the_first_token_loss_to_reach_log_k() -> None:
+    # an untrained model: candidate-set loss already log K, first-token loss log 36
+    high, low = LOG_K, 0.2 * LOG_K
+    steps, values = _curve([high, high, high, high, low, low, low])
+    marginals = [LOG_V, 0.9 * LOG_V, LOG_K, LOG_K, low, low, low]
+    summary = summarize_curve(steps, values, LOG_K, EscapeRule(confirm=3), marginals=marginals)
+    assert summary.onset_step == 200
+    assert summary.escape_step == 400
+    assert summary.waiting_time == 200
+    watched = summarize_curve(steps, values, LOG_K, EscapeRule(confirm=3, onset="watched"))
+    assert watched.onset_step == 0
+    assert watched.waiting_time == 400
+
+
+def test_a_run_that_escapes_without_learning_the_marginal_has_no_plateau() -> None:
+    high, low = LOG_K, 0.2 * LOG_K
+    steps, values = _curve([high, high, 0.8 * high, low, low, low])
+    marginals = [LOG_V, 3.0, 2.9, 1.0, 0.5, 0.2]
+    summary = summarize_curve(steps, values, LOG_K, EscapeRule(confirm=3), marginals=marginals)
+    assert summary.status == ESCAPED
+    assert summary.escape_step == 300
+    assert summary.onset_step is None
+    assert summary.waiting_time is None
+    assert summary.plateau_height is None
+
+
+def test_evaluations_without_a_first_token_loss_fall_back_to_the_watched_loss() -> None:
+    steps, values = _curve([LOG_K, LOG_K, LOG_K])
+    summary = summarize_curve(steps, values, LOG_K, marginals=[None, float("nan"), None])
+    assert summary.onset_step == 0
+
+
+def test_marginals_must_match_the_steps() -> None:
+    with pytest.raises(ValueError, match="marginals"):
+        summarize_curve([0, 100], [LOG_K, LOG_K], LOG_K, marginals=[LOG_K])
+
+
+def test_an_unknown_onset_is_refused() -> None:
+    with pytest.raises(ValueError, match="onset='first'"):
+        EscapeRule(onset="first")

@@ -160,3 +160,19 @@ def test_rise_lead(values: list[float], expected: float | None) -> None:
 def test_rise_lead_needs_an_escape_after_the_onset() -> None:
     assert rise_lead(range(5), [0, 0, 1, 1, 1], onset_step=None, escape_step=3) is None
     assert rise_lead(range(5), [0, 0, 1, 1, 1], onset_step=3, escape_step=3) is None
+
+
+@pytest.mark.parametrize(
+    ("columns", "onset"),
+    [({}, 200), ({"plateau_onset": "watched"}, 0), ({"distinct_first": False}, 0)],
+)
+def test_the_plateau_onset_reads_the_first_token_loss_unless_the_trial_says_otherwise(
+    columns: dict[str, object], onset: int
+) -> None:
+    high, low = LOG_K, 0.2 * LOG_K
+    curve = _curve([high, high, high, high, low, low, low])
+    curve["first_token_loss"] = [math.log(36), 3.0, LOG_K, LOG_K, low, low, low]
+    row = escape_table(curve, _trials(**columns)).iloc[0]
+    assert row["plateau_onset_step"] == onset
+    assert row["escape_step"] == 400
+    assert row["waiting_time"] == 400 - onset

@@ -56,3 +56,14 @@ def test_flat_routing_score_has_no_rise() -> None:
 def test_missing_routing_data_is_skipped_with_the_reason(edit, reason: str) -> None:
     fitter = RoutingLeadFitter().fit(*edit(*simulate_routing_study(rng=4)))
     assert fitter.skipped_ is not None and reason in fitter.skipped_
+
+
+def test_seeds_that_never_learned_the_marginal_have_no_waiting_time_and_say_so() -> None:
+    trials, curves = simulate_routing_study(trials=2, seeds=2, rng=4)
+    # the first-token loss stays at log 36: the loss escaped without a learned plateau
+    curves["first_token_loss"] = np.log(36.0)
+    fitter = RoutingLeadFitter().fit(trials, curves)
+    assert fitter.params_ == {}
+    assert "4 of them escaped without a plateau onset" in fitter.skipped_
+    watched = trials.assign(plateau_onset="watched")
+    assert RoutingLeadFitter().fit(watched, curves).to_dict()["n_no_plateau"] == 0

@@ -135,7 +135,7 @@ def test_a_retry_that_reports_steps_again_rewinds_the_trackers() -> None:
     for step, values in [(50, [LOG4]), (100, [0.2]), (150, [0.2])]:
         watch.update(step, [{"candidate_loss": v} for v in values])
     assert watch.trackers[0].escape_step == 100
-    assert [s for s, _, _ in watch.history[0]] == [0, 50, 100, 150]
+    assert [point[0] for point in watch.history[0]] == [0, 50, 100, 150]
 
 
 def test_an_invalid_trial_config_is_left_to_the_trial_to_fail() -> None:

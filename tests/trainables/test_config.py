@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from trainables.config import FIELD_NAMES, ConfigError, TrialConfig, resolve
+from trainables.config import FIELD_NAMES, ConfigError, TrialConfig, escape_rule, resolve
 
 
 def test_defaults_resolve_with_both_sizes_derived() -> None:
@@ -68,6 +68,7 @@ def test_d_and_bases_derive_each_other(raw: dict, D: int, bases: int) -> None:
         ({"stop_on_escape": "yes"}, "stop_on_escape", "true or false"),
         ({"seed_mode": "vmap"}, "seed_mode", "'auto' | 'stacked' | 'sequential'"),
         ({"seed_mode": "stacked", "lora_rank": 4}, "seed_mode", "with LoRA"),
+        ({"plateau_onset": "first"}, "plateau_onset", "'marginal' | 'watched'"),
     ],
 )
 def test_refused_configs_name_field_value_and_rule(raw: dict, field: str, fragment: str) -> None:
@@ -113,3 +114,16 @@ def test_seeds_stack_by_default_when_there_are_several_and_no_lora(
     raw: dict, stacked: bool
 ) -> None:
     assert resolve(raw).stacked is stacked
+
+
+@pytest.mark.parametrize(
+    ("raw", "onset"),
+    [
+        ({}, "marginal"),
+        ({"plateau_onset": "watched"}, "watched"),
+        # without distinct first symbols the marginal's first-token loss is not log K
+        ({"distinct_first": False}, "watched"),
+    ],
+)
+def test_the_plateau_onset_of_the_escape_rule(raw: dict, onset: str) -> None:
+    assert escape_rule(resolve(raw)).onset == onset

@@ -1,10 +1,13 @@
-"""End to end: the tiny preset on one CPU core sits at log K, then escapes.
+"""End to end: the tiny model on one CPU core learns the marginal, sits at log K, escapes.
 
-Settings (recorded for the ``smoke`` study preset): size ``tiny`` (2 layers, 2 heads,
-width 64, MLP 256), K = 10, D = 2000 (200 bases), batch 128, AdamW lr 1e-3 with 100
-warm-up steps, evaluation every 50 steps on 512 examples. On one core the escape
-(candidate loss < 0.5 log K, confirmed over 3 evaluations) came at about step 850,
-in about 70 seconds.
+Settings: size ``tiny`` (2 layers, 2 heads, width 64, MLP 256), K = 16 over an
+alphabet of 16 symbols (the marginal of the first target symbol is then uniform, so
+the model learns it within a few hundred steps), D = 2400 (150 bases), batch 128,
+AdamW lr 1e-3 with 100 warm-up steps, evaluation every 50 steps on 512 examples. On
+one core the first-token loss reached log K by step 200, and the escape (candidate
+loss < 0.5 log K, confirmed over 3 evaluations) came at about step 1200, in about a
+minute. With the 36-symbol alphabet the tiny model never holds such a plateau (see
+docs/findings.md).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from trainables.loop import train
 SMOKE = {
     "task": "disambiguation",
     "size": "tiny",
-    "K": 10,
-    "D": 2000,
+    "K": 16,
+    "alphabet_size": 16,
+    "D": 2400,
     "batch_size": 128,
     "lr": 1e-3,
     "warmup_steps": 100,
@@ -35,11 +39,11 @@ SMOKE = {
 
 
 @pytest.mark.slow
-def test_tiny_preset_plateaus_at_log_k_then_escapes():
+def test_tiny_model_learns_the_marginal_plateaus_at_log_k_then_escapes():
     assert torch.get_num_threads() == 1  # conftest: one core
     reports: list[dict] = []
     result = train(SMOKE, lambda metrics, _: reports.append(metrics["seeds"][0]))
-    log_k = math.log(10)
+    log_k = math.log(16)
     cand = [r["candidate_loss"] for r in reports]
     first = [r["first_token_loss"] for r in reports]
     for r in reports:
@@ -52,11 +56,19 @@ def test_tiny_preset_plateaus_at_log_k_then_escapes():
     below = [i for i, c in enumerate(cand) if c < 0.5 * log_k]
     assert below, "no escape within the budget"
     escape = below[0]
-    on_plateau = [abs(c - log_k) <= 0.05 * log_k for c in cand[:escape]]
-    assert sum(on_plateau) >= 3  # several evaluations within 5% of log K
+    # a learned plateau: both the candidate and the first-token loss within 5% of log K
+    # (the untrained first-token loss is about log 20, the vocabulary's size)
+    assert first[0] > 1.2 * log_k
+    on_plateau = [
+        abs(c - log_k) <= 0.05 * log_k and abs(f - log_k) <= 0.05 * log_k
+        for c, f in zip(cand[:escape], first[:escape], strict=True)
+    ]
+    assert sum(on_plateau) >= 5
     assert all(c < 0.5 * log_k for c in cand[escape:])  # and it stays below
     assert len(cand) - escape >= 5
-    assert result.status == "escaped" and result.seeds[0].escape_step is not None
-    # the full-vocabulary first-target loss is recorded at every evaluation
-    assert all(math.isfinite(f) for f in first)
-    assert first[0] > math.log(36) - 0.2 and first[-1] < log_k
+    seed = result.seeds[0]
+    assert result.status == "escaped" and seed.escape_step == 50 * escape
+    # the escape rule's onset is the first evaluation of that learned plateau
+    assert seed.onset_step == 50 * on_plateau.index(True)
+    assert 0 < seed.onset_step < seed.escape_step
+    assert first[-1] < 0.5 * log_k
