@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -69,20 +70,26 @@ class _Reporter:
 
         self.objective = objective
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.report_s = 0.0  # time spent waiting in tune.report so far (this process)
 
     def __call__(self, metrics: Mapping[str, Any], checkpoint_dir: str | None) -> None:
         from ray import tune
 
         out = dict(metrics)
         out["node_id"] = self.node_id
+        out["report_s"] = self.report_s
         if self.objective is not None:
             out[OBJECTIVE_KEY] = self.objective.value(metrics)
-        if out.get("done"):
-            self._report_final(out, checkpoint_dir)
-        elif checkpoint_dir is not None:
-            tune.report(out, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
-        else:
-            tune.report(out)
+        start = time.perf_counter()
+        try:
+            if out.get("done"):
+                self._report_final(out, checkpoint_dir)
+            elif checkpoint_dir is not None:
+                tune.report(out, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+            else:
+                tune.report(out)
+        finally:
+            self.report_s += time.perf_counter() - start
 
     @staticmethod
     def _report_final(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:

@@ -402,6 +402,7 @@ class Trial:
         self.step = 0
         self.n_evals = 0
         self.train_s = 0.0
+        self.setup_s = 0.0  # building data and models (set by train)
         self.tokens_per_step = cfg.batch_size * (self.data.seq_len - 1)
 
     # training
@@ -448,6 +449,7 @@ class Trial:
             "tokens_per_s": tokens,
             "steps_per_s": steps_per_s,
             "train_s": self.train_s,
+            "setup_s": self.setup_s,
             "loss": _mean(s["loss"] for s in seeds),
             "candidate_loss": _mean(s["candidate_loss"] for s in seeds),
             "excess": _mean(s["excess"] for s in seeds),
@@ -574,7 +576,8 @@ def train(
     if resume_from is not None:
         trial.load(checkpoint.read(resume_from))
         log.info("resumed trial at step %d from %s", trial.step, resume_from)
-    else:
+    trial.setup_s = time.perf_counter() - start
+    if resume_from is None:
         trial.evaluate()
         _report(trial, report, trial.done(), None)
     while not trial.done():

@@ -16,11 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import ray
 import ray.cloudpickle
 
+from study.bench import trial_overhead
 from study.results import CURVE_COLUMNS, STUDY_FILE, TRIAL_COLUMNS, Study
 from study.runner import StudyOutcome, run_study
 from study.spec import load_spec, parse_spec
@@ -297,3 +299,17 @@ def test_smoke_trials_keep_their_final_report_in_the_last_checkpoint(
         checkpoints = sorted(trial.path.glob("checkpoint_*"))
         final = json.loads((checkpoints[-1] / FINAL_REPORT).read_text())
         assert final["step"] == trial.last["step"] and final["done"] is True
+
+
+@pytest.mark.slow
+def test_smoke_trials_account_for_their_time_outside_the_loop(smoke_run: StudyOutcome) -> None:
+    table = trial_overhead(Study.open(smoke_run.path))
+    assert len(table) == smoke_run.status.started
+    assert (table["setup_s"] > 0).all() and (table["report_s"] > 0).all()
+    assert (table["train_s"] > 0).all()
+    # the parts add up to Ray's time of the trial, and none is negative beyond jitter
+    parts = table["train_s"] + table["setup_s"] + table["report_s"] + table["other_s"]
+    assert np.allclose(parts, table["wall_s"])
+    assert (table["other_s"] > -0.05).all()
+    assert (table["end"] - table["start"] == table["wall_s"]).all()
+    assert (table["start"] > time.time() - 3600).all()

@@ -25,13 +25,14 @@ FAST = {
     "lr": 3e-3,
     "stop_on_escape": False,
 }
-TIMING = {"tokens_per_s", "steps_per_s", "train_s"}
+TIMING = {"tokens_per_s", "steps_per_s", "train_s", "setup_s"}
 TOP_KEYS = {
     "step",
     "lr_now",
     "tokens_per_s",
     "steps_per_s",
     "train_s",
+    "setup_s",
     "loss",
     "candidate_loss",
     "excess",
