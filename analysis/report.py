@@ -123,6 +123,11 @@ def _law_section(name: str, entry: dict[str, Any], figures: dict[str, str]) -> l
         lines += [f"{i}. {remedy}" for i, remedy in enumerate(entry.get("try", []), 1)]
         return [*lines, ""] if entry.get("try") else lines
     lines += [f"Model: {entry['model']}. n = {entry['n']}, censored = {entry['n_censored']}."]
+    if "trials" in entry:
+        cost = f"Cost: {entry['trials']} trials"
+        if "trial_wall_s" in entry:
+            cost += f", {_duration(entry['trial_wall_s'])} of trial wall time in all"
+        lines.append(cost + ".")
     if entry.get("held_fixed"):
         held = ", ".join(f"{k}={v}" for k, v in entry["held_fixed"].items())
         lines.append(f"Held fixed: {held}.")
@@ -144,6 +149,18 @@ def _law_section(name: str, entry: dict[str, Any], figures: dict[str, str]) -> l
         if fig in figures:
             lines += [f"![{fig.replace('_', ' ')}]({figures[fig]})", ""]
     return lines
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as ``1 h 02 min``, ``12 min 05 s`` or ``42 s``."""
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
 
 
 def _param_table(entry: dict[str, Any]) -> list[str]:

@@ -122,6 +122,18 @@ class LawFitter:
         logger.info("%s skipped: %s", self.law, why)
         self.skipped_ = why
 
+    def _record_cost(self, rows: pd.DataFrame) -> None:
+        """Records what the fitted rows cost: ``trials`` (distinct trials; a trial
+        trains several seeds at once) and ``trial_wall_s`` (their summed wall time)."""
+        if "trial_id" not in rows.columns:
+            return
+        per_trial = rows.drop_duplicates("trial_id")
+        self.extra_["trials"] = len(per_trial)
+        if "wall_s" in per_trial.columns:
+            wall = pd.to_numeric(per_trial["wall_s"], errors="coerce")
+            if wall.notna().any():
+                self.extra_["trial_wall_s"] = float(wall.sum())
+
     @property
     def summary(self) -> pd.DataFrame:
         """One row per parameter: value, ci_low, ci_high (empty when skipped)."""

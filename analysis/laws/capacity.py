@@ -113,6 +113,7 @@ class CapacityWallFitter(LawFitter):
         main = self._fit_group(main_rows)
         self.params_.update(main.params)
         self.n_ = main.n
+        self._record_cost(main_rows)
         if "status" in main_rows.columns:
             self.n_censored_ = int((main_rows["status"] == escape.CENSORED).sum())
         self.model_ = "step between ranks" if main.step else "sigmoid in log rank"

@@ -101,6 +101,7 @@ class PlateauDurationFitter(LawFitter):
         )
         self._plateau_height(task_rows)
         self.n_, self.n_censored_ = len(frame), data.n_censored
+        self._record_cost(frame)
         self.model_ = f"{self.distribution} AFT: log t = c + alpha log D + gamma log K"
         self.extra_.update(
             distribution=self.distribution,

@@ -85,6 +85,7 @@ class DirectionalGapFitter(LawFitter):
             self.params_[g["label"]] = g.pop("gap")
         self.n_ = sum(g["n_forward"] + g["n_inverse"] for g in fitted)
         self.n_censored_ = sum(g["n_censored"] for g in fitted)
+        self._record_cost(rows)
         self.model_ = "mean inverse excess - mean forward excess (Welch)"
         self.extra_.update(groups=groups, reference=references(self.law))
 

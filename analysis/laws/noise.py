@@ -98,6 +98,7 @@ class NoiseStabilizationFitter(LawFitter):
         few_events_warning(power, self.law)
         self._record_power(power, frame, covariates, lr0, batch0)
         self.n_, self.n_censored_ = len(frame), data.n_censored
+        self._record_cost(frame)
         self.model_ = f"power law, {self.distribution} AFT: log t = c + a log lr + b log B"
         self.extra_.update(
             distribution=self.distribution,

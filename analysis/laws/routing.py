@@ -77,6 +77,7 @@ class RoutingLeadFitter(LawFitter):
             if len(z) >= 2:
                 self.params_["z_shuffle_lead"] = mean_estimate(z.to_numpy())
         self.n_ = int(usable.sum())
+        self._record_cost(rows)
         self.n_censored_ = int((~escaped).sum())
         self.model_ = "mean lead over escaped seeds (t interval)"
         self.extra_.update(

@@ -187,3 +187,14 @@ def test_diverged_rows_are_censored_with_a_warning() -> None:
 def test_unknown_distribution_is_refused() -> None:
     with pytest.raises(ValueError, match="distribution='gamma' is not allowed"):
         NoiseStabilizationFitter(distribution="gamma")
+
+
+def test_the_fit_records_how_many_trials_it_cost_and_their_wall_time() -> None:
+    trials = simulate_noise_study(rng=0)
+    # every seed row of a trial repeats the trial's wall time; it counts once
+    wall = {t: 10.0 * (i + 1) for i, t in enumerate(sorted(trials["trial_id"].unique()))}
+    trials["wall_s"] = trials["trial_id"].map(wall)
+    out = NoiseStabilizationFitter().fit(trials).to_dict()
+    assert out["trials"] == trials["trial_id"].nunique() == 9
+    assert out["trial_wall_s"] == pytest.approx(sum(wall.values()))
+    assert out["n"] == len(trials)
