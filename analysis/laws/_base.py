@@ -185,7 +185,12 @@ def hold_fixed(trials: pd.DataFrame, axes: Sequence[str]) -> tuple[pd.DataFrame,
     """Keeps the slice of the design where everything but ``axes`` is fixed.
 
     Among the groups of rows that agree on every other varying design column, the one
-    with the most distinct combinations of ``axes`` wins (ties: most rows).
+    with the most distinct combinations of ``axes`` wins (ties: most rows). A column
+    that changes one-for-one with an axis (one value of each per value of the other,
+    such as an alphabet of K symbols for every K) cannot be held fixed without losing
+    that axis:
+    it is kept varying, and a :class:`FitWarning` says that the axis's coefficient is
+    the joint effect of both.
 
     Returns:
         The rows of that group and the values held fixed (only columns that varied).
@@ -197,15 +202,40 @@ def hold_fixed(trials: pd.DataFrame, axes: Sequence[str]) -> tuple[pd.DataFrame,
     ]
     if not others or trials.empty:
         return trials, {}
+    followers = {c: a for c in others for a in axes if _set_by(trials, a, c)}
+    others = [c for c in others if c not in followers]
     chosen, best = trials, (-1, -1)
-    for positions in trials[others].astype(str).groupby(others).indices.values():
-        rows = trials.iloc[positions]
-        score = (len(rows[list(axes)].drop_duplicates()), len(rows))
-        if score > best:
-            chosen, best = rows, score
+    if others:
+        for positions in trials[others].astype(str).groupby(others).indices.values():
+            rows = trials.iloc[positions]
+            score = (len(rows[list(axes)].drop_duplicates()), len(rows))
+            if score > best:
+                chosen, best = rows, score
     held = {c: to_plain(chosen[c].iloc[0]) for c in others}
+    for column, axis in followers.items():
+        if chosen[column].nunique(dropna=False) == 1:
+            held[column] = to_plain(chosen[column].iloc[0])
+            continue
+        pairs = chosen[[axis, column]].drop_duplicates().sort_values(axis)
+        mapping = ", ".join(f"{to_plain(a)}: {to_plain(c)}" for a, c in pairs.to_numpy())
+        warnings.warn(
+            f"{column} changes with {axis} ({axis} -> {column}: {mapping}); the {axis} "
+            f"coefficient is the joint effect of both",
+            FitWarning,
+            stacklevel=2,
+        )
     logger.info("holding fixed %s (%d of %d rows)", held, len(chosen), len(trials))
     return chosen, held
+
+
+def _set_by(trials: pd.DataFrame, axis: str, column: str) -> bool:
+    """True when ``column`` and ``axis`` determine each other (one value of each per
+    value of the other) and take at least two values."""
+    if trials[axis].nunique(dropna=False) < 2:
+        return False
+    per_axis = trials.groupby(axis, dropna=False)[column].nunique(dropna=False)
+    per_column = trials.groupby(column, dropna=False)[axis].nunique(dropna=False)
+    return bool((per_axis == 1).all() and (per_column == 1).all())
 
 
 @dataclass(frozen=True)

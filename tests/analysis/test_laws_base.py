@@ -70,6 +70,31 @@ def test_hold_fixed_keeps_the_slice_with_most_cells() -> None:
     assert list(rows["lr"]) == [1, 2, 3]
 
 
+def test_a_column_set_by_an_axis_varies_with_it_and_a_warning_says_so() -> None:
+    trials = pd.DataFrame(
+        {
+            "K": [8, 8, 12, 16, 8],
+            "D": [1200, 2400, 2400, 2400, 2400],
+            "alphabet_size": [8, 8, 12, 16, 8],  # an alphabet of K symbols
+            "lr": [1, 1, 1, 1, 2],
+        }
+    )
+    with pytest.warns(FitWarning, match=r"alphabet_size changes with K \(K -> alphabet_size: "
+                      r"8: 8, 12: 12, 16: 16\)"):  # fmt: skip
+        rows, held = hold_fixed(trials, ("D", "K"))
+    assert held == {"lr": 1}
+    assert sorted(rows["K"]) == [8, 8, 12, 16]
+
+
+def test_a_column_set_by_an_axis_is_held_when_the_slice_fixes_it() -> None:
+    trials = pd.DataFrame({"lr": [3, 1, 2, 4], "K": [10, 5, 5, 5], "alphabet_size": [16, 8, 8, 8]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FitWarning)
+        rows, held = hold_fixed(trials, ("lr",))
+    assert held == {"K": 5, "alphabet_size": 8}
+    assert sorted(rows["lr"]) == [1, 2, 4]
+
+
 def test_hold_fixed_without_other_axes_returns_everything() -> None:
     trials = pd.DataFrame({"lr": [1, 2], "K": [10, 10]})
     rows, held = hold_fixed(trials, ("lr",))
