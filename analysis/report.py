@@ -212,6 +212,13 @@ def _duration_verdict(entry: dict[str, Any]) -> list[str]:
             f"At fixed D the escape step {verdict} on K (K_exponent interval "
             f"{'covers' if entry['K_independent'] else 'excludes'} 0)."
         )
+    if "K_independent_fixed_bases" in entry:
+        fixed = entry["K_independent_fixed_bases"]
+        lines.append(
+            f"At a fixed number of bases (D / K) it {'does not depend' if fixed else 'depends'}"
+            f" on K (K_exponent_fixed_bases = D_exponent + K_exponent; interval "
+            f"{'covers' if fixed else 'excludes'} 0)."
+        )
     if "plateau_candidates" in entry:
         lines.append(
             f"{entry['plateau_rows']} of {entry['plateau_candidates']} escaped or censored "

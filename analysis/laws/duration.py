@@ -35,7 +35,10 @@ class PlateauDurationFitter(LawFitter):
 
     ``D_exponent`` = alpha is the exponent of the escape step in D at fixed K;
     ``K_exponent`` = gamma is the coefficient of log K at fixed D: the duration does not
-    depend on K when its interval covers 0 (``K_independent``). D0 and K0 are the
+    depend on K when its interval covers 0 (``K_independent``). Since D = K x bases,
+    ``K_exponent_fixed_bases`` = alpha + gamma is the K coefficient at a fixed number of
+    bases (``K_independent_fixed_bases``): the two readings of "duration does not
+    depend on K" differ, and a study tells them apart. D0 and K0 are the
     geometric centres of the study's values; ``median_escape_at_ref`` is the median
     escape step there. ``plateau_height`` is the mean of plateau_loss / log K over every
     disambiguation row with a plateau (1 when the plateau sits at log K);
@@ -95,6 +98,10 @@ class PlateauDurationFitter(LawFitter):
         if "log_K" in covariates:
             self.params_["K_exponent"] = fit.estimate("log_K")
             self.extra_["K_independent"] = self.params_["K_exponent"].covers(0.0)
+            # D = K x bases: at fixed bases, log t moves with log K by alpha + gamma
+            bases = fit.contrast({"log_D": 1.0, "log_K": 1.0})
+            self.params_["K_exponent_fixed_bases"] = bases
+            self.extra_["K_independent_fixed_bases"] = bases.covers(0.0)
         shift = fit.log_median_shift()
         self.params_["median_escape_at_ref"] = fit.estimate("Intercept").transformed(
             lambda v: math.exp(v + shift)

@@ -49,6 +49,20 @@ def test_k_independence_is_an_interval_covering_zero(k_exponent: float, independ
     assert lo <= k_exponent <= hi
 
 
+def test_duration_set_by_the_number_of_bases_is_k_independent_only_at_fixed_bases() -> None:
+    # t ~ bases^1.1 = (D / K)^1.1: gamma = -alpha at fixed D, 0 at fixed bases
+    trials = simulate_duration_study(
+        Ds=(1000, 3000), Ks=(5, 20), seeds=8, budget=10**6, K_exponent=-1.1, rng=15
+    )
+    out = PlateauDurationFitter().fit(trials).to_dict()
+    assert out["K_independent"] is False
+    assert out["K_independent_fixed_bases"] is True
+    fixed = out["params"]["K_exponent_fixed_bases"]
+    d, k = out["params"]["D_exponent"]["value"], out["params"]["K_exponent"]["value"]
+    assert fixed["value"] == pytest.approx(d + k)
+    assert fixed["ci_low"] < 0.0 < fixed["ci_high"]
+
+
 def test_plateau_height_is_reported_relative_to_log_k() -> None:
     trials = simulate_duration_study(plateau_height=1.2, seeds=3, rng=12)
     height = PlateauDurationFitter().fit(trials).params_["plateau_height"]
