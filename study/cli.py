@@ -103,9 +103,16 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--format", choices=FORMATS, default="table")
     query.set_defaults(handler=_query)
 
-    analyze = sub.add_parser("analyze", help="fit the laws and write the report")
-    analyze.add_argument("dir", metavar="DIR")
-    analyze.add_argument("--out", metavar="DIR", help="report directory (default DIR/report)")
+    analyze = sub.add_parser(
+        "analyze",
+        help="fit the laws and write the report",
+        description="Fits the laws to one study, or to several pooled (a study and its "
+        "follow-ups), and writes laws.json, the figures and report.md.",
+    )
+    analyze.add_argument("dirs", metavar="DIR", nargs="+")
+    analyze.add_argument(
+        "--out", metavar="DIR", help="report directory (default DIR/report; needed for several)"
+    )
     analyze.set_defaults(handler=_analyze)
 
     validate = sub.add_parser("validate", help="check a study spec or a cluster.yaml")
@@ -221,15 +228,18 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from study.results import Study
+    from study.results import pooled_tables
 
-    study = Study.open(args.dir)
-    out = Path(args.out) if args.out else Path(args.dir) / "report"
+    if len(args.dirs) > 1 and not args.out:
+        allowed = f"must name the report directory when {len(args.dirs)} studies are pooled"
+        raise ConfigError("--out", None, allowed)
+    out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
+    trials, curves = pooled_tables(args.dirs)
     try:
         from analysis.report import write_report
     except ImportError as err:
         raise RuntimeError(f"the analysis package cannot write reports here: {err}") from err
-    write_report(study.trials(), study.curves(), out)
+    write_report(trials, curves, out)
     print(f"report: {out / 'report.md'}")
     return 0
 

@@ -247,6 +247,47 @@ class Study:
 # reading the directory -----------------------------------------------------------------
 
 
+def pooled_tables(paths: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The trials and curves tables of several studies, pooled for one analysis.
+
+    A column ``study`` names each row's study. Trial ids that two studies share are
+    prefixed with the study's name so that rows stay apart.
+
+    Args:
+        paths: study directories, each at most once.
+
+    Returns:
+        (trials, curves).
+
+    Raises:
+        ConfigError: a path is not a study directory, or appears twice.
+    """
+    seen: set[Path] = set()
+    studies = []
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise ConfigError("DIR", str(path), "must be given once (its rows would count twice)")
+        seen.add(resolved)
+        studies.append(Study.open(path))
+    tables = [(study.name, study.trials(), study.curves()) for study in studies]
+    if len(tables) == 1:
+        return tables[0][1], tables[0][2]
+    counts = pd.Series([t for _, trials, _ in tables for t in trials["trial_id"].unique()])
+    shared = set(counts[counts.duplicated()])
+    pooled_trials, pooled_curves = [], []
+    for name, trials, curves in tables:
+        for table, out in ((trials, pooled_trials), (curves, pooled_curves)):
+            table = table.copy()
+            table["trial_id"] = [f"{name}/{t}" if t in shared else t for t in table["trial_id"]]
+            table["study"] = name
+            out.append(table)
+    return (
+        pd.concat(pooled_trials, ignore_index=True),
+        pd.concat(pooled_curves, ignore_index=True),
+    )
+
+
 def _signature(root: Path) -> tuple[Any, ...]:
     files = sorted(root.glob("*/params.json")) + sorted(root.glob("*/result.json"))
     files += sorted(root.glob("experiment_state-*.json")) + sorted(root.glob("*/error.txt"))

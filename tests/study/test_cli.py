@@ -287,3 +287,15 @@ def test_missing_values_are_null_in_json_and_blank_in_csv_and_tables() -> None:
     assert _render(frame, "csv") == "a,b\n1,x\n,\n"
     lines = _render(frame, "table").splitlines()
     assert [line.split() for line in lines] == [["a", "b"], ["1", "x"], []]
+
+
+def test_pooling_several_studies_needs_an_out_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run_cli(capsys, "analyze", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: --out=None is not allowed: must name the report directory when 2 studies "
+        "are pooled"
+    ]
+    assert not any(tmp_path.iterdir())

@@ -22,6 +22,7 @@ from study.results import (
     TRIAL_COLUMNS,
     Study,
     StudyDataWarning,
+    pooled_tables,
 )
 from study.spec import VARIANT_KEY, parse_spec
 from trainables.config import ConfigError
@@ -268,3 +269,26 @@ def test_a_study_without_trials_yet_reads_as_empty_tables(tmp_path: Path) -> Non
     status = study.status()
     assert (status.started, status.pending, status.runs) == (0, 2, {})
     assert study.spec == spec
+
+
+def test_pooled_studies_keep_their_rows_apart(study_dir: Path, tmp_path: Path) -> None:
+    # a follow-up study whose Ray trial ids happen to repeat the first study's
+    follow_up = Path(shutil.copytree(study_dir, tmp_path / "follow_up"))
+    meta = json.loads((follow_up / STUDY_FILE).read_text())
+    (follow_up / STUDY_FILE).write_text(json.dumps({**meta, "name": "follow_up"}))
+    shutil.rmtree(follow_up / "abc_00001")
+    first = Study.open(study_dir)
+    trials, curves = pooled_tables([study_dir, follow_up])
+    assert len(trials) == len(first.trials()) + 2  # the follow-up kept one 2-seed trial
+    assert set(trials["study"]) == {"reader", "follow_up"}
+    # only the shared id is prefixed
+    assert set(trials["trial_id"]) == {"reader/abc_00000", "abc_00001", "follow_up/abc_00000"}
+    assert set(curves["trial_id"]) == set(trials["trial_id"])
+    assert len(curves) == len(first.curves()) + len(
+        first.curves().query("trial_id == 'abc_00000'")
+    )
+
+
+def test_pooling_one_study_twice_is_refused(study_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="must be given once"):
+        pooled_tables([study_dir, study_dir / ".." / study_dir.name])
