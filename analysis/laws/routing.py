@@ -42,6 +42,7 @@ class RoutingLeadFitter(LawFitter):
 
     def _fit_leads(self, trials: pd.DataFrame, curves: pd.DataFrame | None) -> None:
         rows = select_task(trials, "disambiguation")
+        measured = rows
         if curves is not None:
             if "routing_score" not in curves.columns or curves["routing_score"].isna().all():
                 return self._skip("the curves have no routing_score")
@@ -49,6 +50,7 @@ class RoutingLeadFitter(LawFitter):
             if curves.empty:
                 return self._skip("no curve of a disambiguation-task trial")
             rows = escape_table(curves, rows)
+            measured = measured[measured["trial_id"].isin(rows["trial_id"])]
         elif "routing_lead" not in rows.columns:
             return self._skip("needs the curves table (routing_score) or a routing_lead column")
 
@@ -77,7 +79,7 @@ class RoutingLeadFitter(LawFitter):
             if len(z) >= 2:
                 self.params_["z_shuffle_lead"] = mean_estimate(z.to_numpy())
         self.n_ = int(usable.sum())
-        self._record_cost(rows)
+        self._record_cost(measured)
         self.n_censored_ = int((~escaped).sum())
         self.model_ = "mean lead over escaped seeds (t interval)"
         self.extra_.update(
