@@ -249,7 +249,7 @@ def _ints(values: pd.Series) -> list[int | None]:
 
 def overhead(args: argparse.Namespace) -> int:
     """The share of trial time outside the training loop on the quick preset."""
-    wall = ray_start = None
+    wall = ray_start = start = None
     if args.study:
         study = Study.open(args.study)
     else:
@@ -276,9 +276,17 @@ def overhead(args: argparse.Namespace) -> int:
         idle = tail_idle_s(per_trial, slots)
         whole = 1 - train_s / (wall * slots)
         busy = 1 - train_s / (wall * slots - idle)
+        lead = float(per_trial["start"].min()) - start
+        after = start + wall - float(per_trial["end"].max())
+        gaps = wall * slots - trial_wall - idle - slots * (lead + after)
         print(f"  study wall {wall:.1f} s on {slots} slots = {wall * slots:.1f} slot-s")
         print(
-            f"  Ray start {ray_start:.1f} s; tail with fewer trials than slots {idle:.1f} slot-s"
+            f"  before the first trial {lead:.1f} s (Ray start {ray_start:.1f} s, then Tune and "
+            f"worker start); after the last {after:.1f} s (Tune and Ray shutdown)"
+        )
+        print(
+            f"  between trials on a slot {gaps:.1f} slot-s; tail with fewer trials than slots "
+            f"{idle:.1f} slot-s"
         )
         print("  share outside the loop, whole study (Ray and worker start, reports,")
         print(f"  checkpoints): {busy:.1%} without the tail's idle slots, {whole:.1%} with them")
