@@ -74,9 +74,23 @@ def write_report(
     figures = draw_all(trials, curves, laws, out)
     if curves is not None:
         escape_table(curves, trials).to_csv(out / "escape_times.csv", index=False)
+    _remove_stale(out, figures, with_escapes=curves is not None)
     (out / "report.md").write_text(render_report(trials, laws, figures))
     logger.info("report written to %s", out)
     return laws
+
+
+def _remove_stale(out: Path, figures: dict[str, str], with_escapes: bool) -> None:
+    """Removes files an earlier report left that this one did not write (a figure of a
+    law that is now skipped), so that the directory matches its report.md."""
+    names = {"loss_curves", *(name for group in LAW_FIGURES.values() for name in group)}
+    stale = [out / f"{name}.png" for name in names if name not in figures]
+    if not with_escapes:
+        stale.append(out / "escape_times.csv")
+    for path in stale:
+        if path.is_file():
+            path.unlink()
+            logger.info("removed %s: the new report has none", path)
 
 
 def render_report(trials: pd.DataFrame, laws: dict[str, Any], figures: dict[str, str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -81,3 +82,21 @@ def test_study_without_curves_reports_skipped_laws_with_reasons(tmp_path: Path) 
 def test_trials_without_status_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="missing status"):
         write_report(pd.DataFrame({"trial_id": ["a"]}), None, tmp_path)
+
+
+def test_rewriting_a_report_removes_the_figures_it_no_longer_has(
+    report_dir, tmp_path: Path
+) -> None:
+    out, _ = report_dir
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    assert (again / "routing_lead.png").exists() and (again / "loss_curves.png").exists()
+    (again / "notes.txt").write_text("mine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        write_report(simulate_noise_study(seeds=3, rng=0), None, again)
+    assert not (again / "routing_lead.png").exists()
+    assert not (again / "loss_curves.png").exists()
+    assert not (again / "escape_times.csv").exists()
+    assert (again / "noise_law.png").exists()
+    assert (again / "notes.txt").read_text() == "mine"  # not the report's: left alone
