@@ -243,6 +243,10 @@ def _duration_verdict(entry: dict[str, Any]) -> list[str]:
             f"Plateau height / log K over {entry.get('plateau_height_n')} rows: "
             f"{_interval(entry['params']['plateau_height'])}."
         )
+    by_k = entry.get("plateau_height_by_K") or {}
+    if by_k:
+        parts = [f"K={k}: {_interval(v)} ({v['n']} rows)" for k, v in by_k.items()]
+        lines.append(f"By K: {'; '.join(parts)}.")
     return lines
 
 

@@ -22,6 +22,7 @@ from analysis.laws._base import (
     mean_estimate,
     require_columns,
     select_task,
+    to_plain,
 )
 from analysis.reference import references
 
@@ -41,7 +42,8 @@ class PlateauDurationFitter(LawFitter):
     depend on K" differ, and a study tells them apart. D0 and K0 are the
     geometric centres of the study's values; ``median_escape_at_ref`` is the median
     escape step there. ``plateau_height`` is the mean of plateau_loss / log K over every
-    disambiguation row with a plateau (1 when the plateau sits at log K);
+    disambiguation row with a plateau (1 when the plateau sits at log K), and
+    ``plateau_height_by_K`` the same per K when there are several;
     ``plateau_rows`` / ``plateau_candidates`` counts the rows with a plateau onset among
     those that escaped or were censored (with the ``marginal`` onset, a run that
     escapes before its first-token loss reaches log K has no plateau).
@@ -135,3 +137,12 @@ class PlateauDurationFitter(LawFitter):
         if len(ratio) >= 2:
             self.params_["plateau_height"] = mean_estimate(ratio.to_numpy())
             self.extra_["plateau_height_n"] = len(ratio)
+            by_k = {}
+            for k, group in ratio.groupby(rows.loc[ratio.index, "K"]):
+                if len(group) >= 2:
+                    by_k[str(to_plain(k))] = {
+                        **mean_estimate(group.to_numpy()).to_dict(),
+                        "n": len(group),
+                    }
+            if len(by_k) > 1:
+                self.extra_["plateau_height_by_K"] = by_k

@@ -110,3 +110,13 @@ def test_d_cell_without_escape_raises_a_fit_error() -> None:
     with pytest.raises(FitError, match="likelihood is flat") as err:
         PlateauDurationFitter().fit(trials)
     assert any("D=30000" in r for r in err.value.remedies)
+
+
+def test_plateau_height_is_also_given_per_k() -> None:
+    trials = simulate_duration_study(Ks=(5, 20), plateau_height=1.2, seeds=3, rng=16)
+    out = PlateauDurationFitter().fit(trials).to_dict()
+    by_k = out["plateau_height_by_K"]
+    assert set(by_k) == {"5", "20"}
+    for k, entry in by_k.items():
+        assert entry["n"] == int((trials["K"] == int(k)).sum())
+        assert entry["ci_low"] <= 1.2 <= entry["ci_high"]
