@@ -75,6 +75,7 @@ REFERENCES: dict[str, tuple[Reference, ...]] = {
     "directional_gap": (
         Reference("gpt2", 1.16, f"scratch-trained GPT-2 at K = 5 ({DIRECTIONAL})"),
         Reference("mlp", 0.22, f"MLP at K = 5 ({DIRECTIONAL})"),
+        Reference("gpt2 - mlp", 0.94, f"GPT-2's gap minus the MLP's at K = 5 ({DIRECTIONAL})"),
     ),
     "routing_lead": (
         Reference(

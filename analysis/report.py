@@ -184,7 +184,9 @@ def _param_table(entry: dict[str, Any]) -> list[str]:
             refs.setdefault(r["param"], []).append(_number(r["value"]))
     rows = ["| parameter | fitted | 95% interval | paper |", "|---|---|---|---|"]
     for name, p in entry["params"].items():
-        paper = refs.get(name) or refs.get(name.split(" ")[0]) or ["-"]
+        # "gpt2 K=5" and "gpt2 - mlp K=5" take the reference of "gpt2" and "gpt2 - mlp"
+        base = " ".join(part for part in name.split(" ") if "=" not in part)
+        paper = refs.get(name) or refs.get(base) or ["-"]
         rows.append(
             f"| {name} | {_number(p['value'])} | [{_number(p['ci_low'])}, "
             f"{_number(p['ci_high'])}] | {' / '.join(paper)} |"

@@ -34,8 +34,11 @@ class DirectionalGapFitter(LawFitter):
     LoRA rank and pre-trained base when set (``gpt2``, ``gpt2-lora8``,
     ``gpt2+pretrained``). Every other design column that varies among the mapping-task
     trials (K, D, lr, ...) splits the gap further and is named in the parameter
-    (``gpt2 K=5``). Censored runs count with their excess at the budget; rows without a
-    final excess (diverged, failed, running) are left out with a :class:`FitWarning`.
+    (``gpt2 K=5``). Where the MLP was run beside another architecture, ``gpt2 - mlp
+    K=5`` is how much the other's gap exceeds the MLP's, with a t interval from the
+    four samples: the papers' claim is that it is positive. Censored runs count with
+    their excess at the budget; rows without a final excess (diverged, failed,
+    running) are left out with a :class:`FitWarning`.
     """
 
     law = "directional_gap"
@@ -66,12 +69,12 @@ class DirectionalGapFitter(LawFitter):
             and rows[c].nunique(dropna=False) > 1
         ]
         groups: list[dict[str, Any]] = []
+        samples: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         for key, group in rows.groupby(["architecture", *split], dropna=False, sort=True):
             key = key if isinstance(key, tuple) else (key,)
-            label = " ".join(
-                [str(key[0])] + [f"{c}={_plain(v)}" for c, v in zip(split, key[1:], strict=True)]
-            )
-            groups.append(self._group(label, group))
+            where = " ".join(f"{c}={_plain(v)}" for c, v in zip(split, key[1:], strict=True))
+            groups.append(self._group(f"{key[0]} {where}".strip(), group))
+            samples.setdefault(where, {})[str(key[0])] = _directions(group)
         fitted = [g for g in groups if "gap" in g]
         if not fitted:
             return self._skip(
@@ -83,6 +86,13 @@ class DirectionalGapFitter(LawFitter):
             )
         for g in fitted:
             self.params_[g["label"]] = g.pop("gap")
+        for where, by_arch in samples.items():
+            for arch, (forward, inverse) in by_arch.items():
+                mlp = by_arch.get("mlp")
+                if arch == "mlp" or mlp is None or min(map(len, (forward, inverse, *mlp))) < 2:
+                    continue
+                label = f"{arch} - mlp {where}".strip()
+                self.params_[label] = gap_difference(forward, inverse, *mlp)
         self.n_ = sum(g["n_forward"] + g["n_inverse"] for g in fitted)
         self.n_censored_ = sum(g["n_censored"] for g in fitted)
         self._record_cost(rows)
@@ -90,8 +100,7 @@ class DirectionalGapFitter(LawFitter):
         self.extra_.update(groups=groups, reference=references(self.law))
 
     def _group(self, label: str, rows: pd.DataFrame) -> dict[str, Any]:
-        forward = rows.loc[rows["direction"] == "forward", "final_excess"].to_numpy(float)
-        inverse = rows.loc[rows["direction"] == "inverse", "final_excess"].to_numpy(float)
+        forward, inverse = _directions(rows)
         out: dict[str, Any] = {
             "label": label,
             "architecture": rows["architecture"].iloc[0],
@@ -118,6 +127,27 @@ def welch(a: np.ndarray, b: np.ndarray) -> Estimate:
         )
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     return t_estimate(float(a.mean() - b.mean()), se, dof)
+
+
+def gap_difference(
+    forward_a: np.ndarray, inverse_a: np.ndarray, forward_b: np.ndarray, inverse_b: np.ndarray
+) -> Estimate:
+    """How much A's gap exceeds B's, (inverse_a - forward_a) - (inverse_b - forward_b),
+    with a t interval from the four sample variances (Welch-Satterthwaite freedom)."""
+    parts = [(x, x.var(ddof=1) / len(x)) for x in (forward_a, inverse_a, forward_b, inverse_b)]
+    value = float(inverse_a.mean() - forward_a.mean() - (inverse_b.mean() - forward_b.mean()))
+    total = sum(v for _, v in parts)
+    if total == 0.0:
+        return Estimate(value, value, value, 0.0)
+    dof = total**2 / sum(v**2 / (len(x) - 1) for x, v in parts if v > 0)
+    return t_estimate(value, math.sqrt(total), dof)
+
+
+def _directions(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The final excesses of the forward and of the inverse rows."""
+    forward = rows.loc[rows["direction"] == "forward", "final_excess"].to_numpy(float)
+    inverse = rows.loc[rows["direction"] == "inverse", "final_excess"].to_numpy(float)
+    return forward, inverse
 
 
 def _architecture(rows: pd.DataFrame) -> pd.Series:

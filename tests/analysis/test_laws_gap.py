@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from analysis.laws import DirectionalGapFitter, FitWarning
-from analysis.laws.gap import welch
+from analysis.laws.gap import gap_difference, welch
 from analysis.simulate import simulate_gap_study
 
 GAPS = {"gpt2": 1.16, "mlp": 0.22}
@@ -18,14 +18,18 @@ def test_intervals_cover_the_true_gaps_in_90_of_100_studies(assert_coverage) -> 
         "directional_gap",
         lambda seed: simulate_gap_study(gaps=GAPS, seeds=4, rng=seed),
         lambda t: DirectionalGapFitter().fit(t).params_,
-        GAPS,
+        {**GAPS, "gpt2 - mlp": GAPS["gpt2"] - GAPS["mlp"]},
     )
 
 
 def test_each_architecture_gets_its_gap_and_group_means() -> None:
     trials = simulate_gap_study(gaps=GAPS, seeds=5, noise=0.05, rng=1)
     out = DirectionalGapFitter().fit(trials).to_dict()
-    assert set(out["params"]) == {"gpt2", "mlp"}
+    assert set(out["params"]) == {"gpt2", "mlp", "gpt2 - mlp"}
+    difference = out["params"]["gpt2 - mlp"]["value"]
+    assert difference == pytest.approx(
+        out["params"]["gpt2"]["value"] - out["params"]["mlp"]["value"]
+    )
     gpt2 = next(g for g in out["groups"] if g["label"] == "gpt2")
     assert gpt2["n_forward"] == gpt2["n_inverse"] == 5
     assert gpt2["inverse_excess"] - gpt2["forward_excess"] == pytest.approx(
@@ -75,3 +79,13 @@ def test_diverged_rows_are_left_out_with_a_warning() -> None:
 def test_table_without_both_directions_is_skipped_with_the_reason(edit, reason: str) -> None:
     fitter = DirectionalGapFitter().fit(edit(simulate_gap_study(seeds=3, rng=6)))
     assert fitter.skipped_ is not None and reason in fitter.skipped_
+
+
+def test_the_gap_difference_interval_comes_from_the_four_samples() -> None:
+    fa, ia = np.array([0.0, 0.1, 0.2]), np.array([1.0, 1.3, 1.1, 1.2])
+    fb, ib = np.array([0.05, 0.1, 0.0]), np.array([0.3, 0.2, 0.25])
+    est = gap_difference(fa, ia, fb, ib)
+    variances = [x.var(ddof=1) / len(x) for x in (fa, ia, fb, ib)]
+    assert est.value == pytest.approx((ia.mean() - fa.mean()) - (ib.mean() - fb.mean()))
+    assert est.se == pytest.approx(np.sqrt(sum(variances)))
+    assert est.ci_low < est.value < est.ci_high
