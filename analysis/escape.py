@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 ESCAPED = "escaped"
 CENSORED = "censored"
@@ -268,6 +269,15 @@ def _plateau_height(
     if len(finite) % 2:
         return finite[mid]
     return 0.5 * (finite[mid - 1] + finite[mid])
+
+
+def finite_or_none(value: Any) -> float | None:
+    """A finite float, or None for a missing, non-numeric or non-finite value."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def all_resolved(trackers: Iterable[EscapeTracker]) -> bool:

@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.escape import CENSORED, FAILED, ONSETS, RUNNING, EscapeRule, summarize_curve
+from analysis.escape import (
+    CENSORED,
+    FAILED,
+    ONSETS,
+    RUNNING,
+    EscapeRule,
+    finite_or_none,
+    summarize_curve,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +157,7 @@ def _summarize(
     task = config.get("task") or "disambiguation"
     log_k = math.log(float(config["K"]))
     mode = "converge" if task == "mapping" else "escape"
-    floor = _number(config.get("floor"))
+    floor = finite_or_none(config.get("floor"))
     if floor is None:
         if mode == "converge":
             raise ValueError(
@@ -217,7 +225,7 @@ def _rule(config: dict[str, Any], rule: EscapeRule | None, mode: str) -> EscapeR
         return dataclasses.replace(rule, mode=mode)
     kwargs: dict[str, Any] = {"mode": mode}
     for column, name in RULE_COLUMNS.items():
-        value = _number(config.get(column))
+        value = finite_or_none(config.get(column))
         if value is not None:
             kwargs[name] = int(value) if name in ("confirm", "tail") else value
     onset = config.get("plateau_onset")
@@ -226,15 +234,6 @@ def _rule(config: dict[str, Any], rule: EscapeRule | None, mode: str) -> EscapeR
     if config.get("distinct_first") is False:  # the first-token floor is not log K then
         kwargs["onset"] = "watched"
     return EscapeRule(**kwargs)
-
-
-def _number(value: Any) -> float | None:
-    """A finite float, or None for missing values."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _require(table: pd.DataFrame, columns: Sequence[str], name: str) -> None:

@@ -10,14 +10,13 @@ are censored.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ray import tune
 
-from analysis.escape import EscapeRule, EscapeTracker
+from analysis.escape import EscapeRule, EscapeTracker, finite_or_none
 from study.spec import trial_config
 from trainables.config import (
     MARGINAL_METRIC,
@@ -67,7 +66,7 @@ class TrialWatch:
             if value is None:
                 continue
             floor = float(seed.get("floor") or 0.0)
-            marginal = _finite_or_none(seed.get(MARGINAL_METRIC))
+            marginal = finite_or_none(seed.get(MARGINAL_METRIC))
             self.history.setdefault(i, []).append((step, float(value), floor, marginal))
             self._tracker(i, floor).update(step, float(value), marginal)
 
@@ -121,12 +120,3 @@ class EscapeStopper(tune.Stopper):
                 return None
             self._watches[trial_id] = TrialWatch.for_config(cfg)
         return self._watches[trial_id]
-
-
-def _finite_or_none(value: Any) -> float | None:
-    """A finite float, or None for a missing or non-finite value."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
