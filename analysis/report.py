@@ -165,6 +165,31 @@ def _law_section(name: str, entry: dict[str, Any], figures: dict[str, str]) -> l
     return lines
 
 
+def _cell_table(cells: list[dict[str, Any]]) -> list[str]:
+    """Median escape step per (lr, batch) cell: rows lr, columns batch size."""
+    if not cells:
+        return []
+    batches = sorted({c["batch_size"] for c in cells})
+    by = {(c["lr"], c["batch_size"]): c for c in cells}
+    lines = [
+        "Median escape step per cell (Kaplan-Meier, censored runs included; escaped / runs):",
+        "",
+        "| lr \\ batch | " + " | ".join(f"{b:g}" for b in batches) + " |",
+        "|---|" + "---|" * len(batches),
+    ]
+    for lr in sorted({c["lr"] for c in cells}):
+        row = []
+        for b in batches:
+            c = by.get((lr, b))
+            if c is None:
+                row.append("")
+                continue
+            median = "not reached" if c["median_escape"] is None else _number(c["median_escape"])
+            row.append(f"{median} ({c['escaped']}/{c['n']})")
+        lines.append(f"| {lr:g} | " + " | ".join(row) + " |")
+    return [*lines, ""]
+
+
 def _duration(seconds: float) -> str:
     """Seconds as ``1 h 02 min``, ``12 min 05 s`` or ``42 s``."""
     total = round(seconds)
@@ -195,7 +220,7 @@ def _param_table(entry: dict[str, Any]) -> list[str]:
 
 
 def _noise_verdict(entry: dict[str, Any]) -> list[str]:
-    lines = []
+    lines = _cell_table(entry.get("cells") or [])
     if "better_fit" in entry:
         close = " (below 2: the data do not separate the two)" if entry["delta_aic"] < 2 else ""
         lines.append(

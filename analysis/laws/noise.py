@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from lifelines import KaplanMeierFitter
 from scipy import stats
 
 from analysis.laws._aft import (
@@ -18,12 +20,14 @@ from analysis.laws._aft import (
     two_axis_design,
 )
 from analysis.laws._base import (
+    FitWarning,
     LawFitter,
     describe_values,
     geometric_center,
     hold_fixed,
     require_columns,
     select_task,
+    to_plain,
 )
 from analysis.reference import references
 
@@ -109,9 +113,43 @@ class NoiseStabilizationFitter(LawFitter):
             held_fixed=held,
             n_by_status=data.by_status,
         )
+        self._record_cells(frame)
         if self.compare:
             self._compare(frame, power, covariates, remedies)
         self.extra_["reference"] = references(self.law)
+
+    def _record_cells(self, frame: pd.DataFrame) -> None:
+        """Kaplan-Meier median escape step per (lr, batch) cell, and a caveat when the
+        medians are not monotonic in lr at some batch size (a power law in lr then
+        averages over a turn that the data show)."""
+        cells = []
+        for (lr, batch), cell in frame.groupby(["lr", "batch_size"], sort=True):
+            km = KaplanMeierFitter().fit(cell["duration"], cell["event"])
+            median = float(km.median_survival_time_)
+            cells.append(
+                {
+                    "lr": to_plain(lr),
+                    "batch_size": to_plain(batch),
+                    "n": len(cell),
+                    "escaped": int(cell["event"].sum()),
+                    "median_escape": median if math.isfinite(median) else None,
+                }
+            )
+        self.extra_["cells"] = cells
+        for batch in sorted({c["batch_size"] for c in cells}):
+            row = [c for c in cells if c["batch_size"] == batch]
+            medians = [c["median_escape"] for c in row]
+            if len(row) < 3 or any(m is None for m in medians):
+                continue
+            steps = np.sign(np.diff(medians))
+            if (steps > 0).any() and (steps < 0).any():
+                shown = ", ".join(f"{c['lr']:g}: {c['median_escape']:g}" for c in row)
+                warnings.warn(
+                    f"median escape is not monotonic in lr at batch_size={batch} "
+                    f"(lr: median step {shown}); the lr exponent averages over that turn",
+                    FitWarning,
+                    stacklevel=2,
+                )
 
     def _remedies(self, frame: pd.DataFrame) -> list[str]:
         empty = cells_without_escape(frame, ["lr", "batch_size"])

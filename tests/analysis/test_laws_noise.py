@@ -198,3 +198,19 @@ def test_the_fit_records_how_many_trials_it_cost_and_their_wall_time() -> None:
     assert out["trials"] == trials["trial_id"].nunique() == 9
     assert out["trial_wall_s"] == pytest.approx(sum(wall.values()))
     assert out["n"] == len(trials)
+
+
+def test_cells_give_km_medians_and_a_turn_in_lr_is_a_caveat() -> None:
+    trials = simulate_noise_study(rng=0)
+    monotonic = NoiseStabilizationFitter().fit(trials)
+    cells = monotonic.to_dict()["cells"]
+    assert len(cells) == trials[["lr", "batch_size"]].drop_duplicates().shape[0]
+    assert sum(c["n"] for c in cells) == len(trials)
+    # make the middle lr escape first at every batch size: a U shape in lr
+    middle = sorted(trials["lr"].unique())[1]
+    turned = trials.copy()
+    fast = turned["lr"] == middle
+    turned.loc[fast, "escape_step"] = turned.loc[fast, "escape_step"] / 10
+    turned.loc[fast, "status"] = "escaped"
+    with pytest.warns(FitWarning, match="not monotonic in lr at batch_size="):
+        NoiseStabilizationFitter().fit(turned)

@@ -60,6 +60,11 @@ def test_report_shows_fits_beside_the_papers_numbers(report_dir) -> None:
     assert re.search(r"\| slowdown_7x \| [\d.]+ \| \[[\d.]+, [\d.]+\] \| 3\.60 \|", text)
     assert re.search(r"\| gpt2 \| [\d.]+ \| .* \| 1\.16 \|", text)
     assert re.search(r"\| routing_lead \| [\d.]+ \| .* \| 0\.500 \|", text)
+    cells = laws["noise_stabilization"]["cells"]
+    assert "Median escape step per cell" in text
+    assert len(re.findall(r"^\| [\d.e-]+ \| .*\(\d+/\d+\)", text, re.M)) == len(
+        {c["lr"] for c in cells}
+    )
 
 
 def test_escape_times_are_written_per_trial_and_seed(report_dir) -> None:
