@@ -138,12 +138,17 @@ class NoiseStabilizationFitter(LawFitter):
         self.extra_["cells"] = cells
         for batch in sorted({c["batch_size"] for c in cells}):
             row = [c for c in cells if c["batch_size"] == batch]
-            medians = [c["median_escape"] for c in row]
-            if len(row) < 3 or any(m is None for m in medians):
+            # a median not reached lies beyond every reached one
+            medians = [math.inf if c["median_escape"] is None else c["median_escape"] for c in row]
+            if len(row) < 3 or sum(math.isinf(m) for m in medians) > 1:
                 continue
             steps = np.sign(np.diff(medians))
             if (steps > 0).any() and (steps < 0).any():
-                shown = ", ".join(f"{c['lr']:g}: {c['median_escape']:g}" for c in row)
+                shown = ", ".join(
+                    f"{c['lr']:g}: "
+                    + ("not reached" if c["median_escape"] is None else f"{c['median_escape']:g}")
+                    for c in row
+                )
                 warnings.warn(
                     f"median escape is not monotonic in lr at batch_size={batch} "
                     f"(lr: median step {shown}); the lr exponent averages over that turn",

@@ -214,3 +214,18 @@ def test_cells_give_km_medians_and_a_turn_in_lr_is_a_caveat() -> None:
     turned.loc[fast, "status"] = "escaped"
     with pytest.warns(FitWarning, match="not monotonic in lr at batch_size="):
         NoiseStabilizationFitter().fit(turned)
+
+
+def test_a_cell_whose_median_is_not_reached_counts_as_the_slowest() -> None:
+    trials = simulate_noise_study(rng=0)
+    lrs = sorted(trials["lr"].unique())
+    turned = trials.copy()
+    fast = turned["lr"] == lrs[1]
+    turned.loc[fast, "escape_step"] = turned.loc[fast, "escape_step"] / 10
+    turned.loc[fast, "status"] = "escaped"
+    top = turned["lr"] == lrs[-1]  # no run of the highest lr escapes
+    turned.loc[top, "status"] = "censored"
+    turned.loc[top, "escape_step"] = np.nan
+    with pytest.warns(FitWarning, match="not reached"):
+        out = NoiseStabilizationFitter().fit(turned).to_dict()
+    assert all(c["median_escape"] is None for c in out["cells"] if c["lr"] == lrs[-1])
