@@ -262,8 +262,8 @@ def _duration_verdict(entry: dict[str, Any]) -> list[str]:
         )
     if "plateau_candidates" in entry:
         lines.append(
-            f"{entry['plateau_rows']} of {entry['plateau_candidates']} escaped or censored "
-            "runs had a plateau onset (the first evaluation on the plateau before the escape)."
+            f"{entry['plateau_rows']} of {entry['plateau_candidates']} disambiguation runs "
+            "had a plateau onset (the first evaluation on the plateau before the escape)."
         )
     if "plateau_height" in entry["params"]:
         lines.append(

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.escape import CENSORED, ESCAPED
 from analysis.laws._aft import (
     DISTRIBUTIONS,
     cells_without_escape,
@@ -44,9 +43,9 @@ class PlateauDurationFitter(LawFitter):
     escape step there. ``plateau_height`` is the mean of plateau_loss / log K over every
     disambiguation row with a plateau (1 when the plateau sits at log K), and
     ``plateau_height_by_K`` the same per K when there are several;
-    ``plateau_rows`` / ``plateau_candidates`` counts the rows with a plateau onset among
-    those that escaped or were censored (with the ``marginal`` onset, a run that
-    escapes before its first-token loss reaches log K has no plateau).
+    ``plateau_rows`` / ``plateau_candidates`` counts the disambiguation rows with a
+    plateau onset (with the ``marginal`` onset, a run that escapes before its
+    first-token loss reaches log K has no plateau).
 
     Other varying design columns (lr, batch size, model, ...) are held fixed at the
     slice with the most (D, K) cells.
@@ -126,10 +125,9 @@ class PlateauDurationFitter(LawFitter):
     def _plateau_height(self, rows: pd.DataFrame) -> None:
         if "plateau_loss" not in rows.columns:
             return
-        settled = rows[rows["status"].isin((ESCAPED, CENSORED))]
-        if "plateau_onset_step" in settled.columns:
-            self.extra_["plateau_candidates"] = len(settled)
-            self.extra_["plateau_rows"] = int(settled["plateau_onset_step"].notna().sum())
+        if "plateau_onset_step" in rows.columns:
+            self.extra_["plateau_candidates"] = len(rows)
+            self.extra_["plateau_rows"] = int(rows["plateau_onset_step"].notna().sum())
         ratio = pd.to_numeric(rows["plateau_loss"], errors="coerce") / np.log(
             rows["K"].astype(float)
         )
