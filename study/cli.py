@@ -172,9 +172,13 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _print_outcome(outcome: Any) -> int:
     status = outcome.status
-    print(f"study {status.name} done in {_duration(outcome.wall_s)}: {outcome.path}")
+    unfinished = status.pending + status.trials.get("running", 0)
+    ended = "stopped" if unfinished else "done"
+    print(f"study {status.name} {ended} in {_duration(outcome.wall_s)}: {outcome.path}")
     for line in _status_lines(status):
         print(line)
+    if unfinished:
+        print(f"{unfinished} trials unfinished: phasetune resume {outcome.path} continues them")
     print(f"next: phasetune query {outcome.path}  |  phasetune analyze {outcome.path}")
     return FAILURE if status.trials.get("failed") else 0
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from study.cli import main
-from study.results import CURVE_COLUMNS, TRIAL_COLUMNS
+from study.cli import _print_outcome, main
+from study.results import CURVE_COLUMNS, TRIAL_COLUMNS, StudyStatus
+from study.runner import StudyOutcome
 
 ROOT = Path(__file__).resolve().parents[2]
 PHASETUNE = [sys.executable, "-m", "study.cli"]
@@ -299,3 +300,24 @@ def test_pooling_several_studies_needs_an_out_directory(
         "are pooled"
     ]
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("running", "pending", "first", "hint"),
+    [(0, 0, "study s done in 1m05s: d", False), (2, 1, "study s stopped in 1m05s: d", True)],
+)
+def test_a_run_that_ends_with_unfinished_trials_says_stopped_and_how_to_resume(
+    capsys: pytest.CaptureFixture[str], running: int, pending: int, first: str, hint: bool
+) -> None:
+    status = StudyStatus(
+        name="s", path="d", planned=4, started=4 - pending, pending=pending,
+        trials={"finished": 4 - pending - running, "running": running}, runs={},
+        steps_trained=10, budget_steps=20, train_s=1.0,
+    )  # fmt: skip
+    assert _print_outcome(StudyOutcome(path="d", status=status, wall_s=65.0)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == first
+    assert (
+        any(line == "3 trials unfinished: phasetune resume d continues them" for line in lines)
+        is hint
+    )
