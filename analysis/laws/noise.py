@@ -31,6 +31,8 @@ from analysis.laws._base import (
 )
 from analysis.reference import references
 
+# how far an inner cell's median must lie below (above) one on each side to be a turn
+TURN_RATIO = 1.2
 PAPER_LR_RATIO = 7.0
 
 
@@ -120,8 +122,9 @@ class NoiseStabilizationFitter(LawFitter):
 
     def _record_cells(self, frame: pd.DataFrame) -> None:
         """Kaplan-Meier median escape step per (lr, batch) cell, and a caveat when the
-        medians are not monotonic in lr at some batch size (a power law in lr then
-        averages over a turn that the data show)."""
+        medians turn in lr at some batch size (a power law in lr then averages over a
+        turn that the data show): an inner lr whose median lies at least
+        ``TURN_RATIO`` below (or above) a median on each side of it."""
         cells = []
         for (lr, batch), cell in frame.groupby(["lr", "batch_size"], sort=True):
             km = KaplanMeierFitter().fit(cell["duration"], cell["event"])
@@ -142,8 +145,7 @@ class NoiseStabilizationFitter(LawFitter):
             medians = [math.inf if c["median_escape"] is None else c["median_escape"] for c in row]
             if len(row) < 3 or sum(math.isinf(m) for m in medians) > 1:
                 continue
-            steps = np.sign(np.diff(medians))
-            if (steps > 0).any() and (steps < 0).any():
+            if _turns(medians):
                 shown = ", ".join(
                     f"{c['lr']:g}: "
                     + ("not reached" if c["median_escape"] is None else f"{c['median_escape']:g}")
@@ -215,3 +217,14 @@ class NoiseStabilizationFitter(LawFitter):
             temperature_only=verdict
             or {"skipped": "needs at least 2 distinct batch sizes to separate lr from T"},
         )
+
+
+def _turns(medians: list[float]) -> bool:
+    """True when an inner median is a valley (or a peak) by ``TURN_RATIO`` on both sides."""
+    for j in range(1, len(medians) - 1):
+        left, here, right = medians[:j], medians[j], medians[j + 1 :]
+        if max(left) >= TURN_RATIO * here and max(right) >= TURN_RATIO * here:
+            return True
+        if here >= TURN_RATIO * min(left) and here >= TURN_RATIO * min(right):
+            return True
+    return False

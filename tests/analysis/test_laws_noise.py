@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis.laws import FitError, FitWarning, NoiseStabilizationFitter
+from analysis.laws.noise import _turns
 from analysis.simulate import simulate_escape_trials, simulate_noise_study
 
 TRUTH: dict[str, Any] = {"lr_exponent": 0.66, "batch_exponent": -0.66, "median_at_ref": 2000.0}
@@ -229,3 +230,21 @@ def test_a_cell_whose_median_is_not_reached_counts_as_the_slowest() -> None:
     with pytest.warns(FitWarning, match="not reached"):
         out = NoiseStabilizationFitter().fit(turned).to_dict()
     assert all(c["median_escape"] is None for c in out["cells"] if c["lr"] == lrs[-1])
+
+
+@pytest.mark.parametrize(
+    ("medians", "turn"),
+    [
+        ([471, 475, 471, 619, 622], False),  # sampling noise around a rise
+        ([524, 463, 482, 443, 600], False),
+        ([3000, 2400, 5300, math.inf], True),  # a valley: down 20%, then up
+        ([1600, 1200, 1500, math.inf], True),
+        ([450, 400, 350, 350, 2300], True),
+        ([1000, 2000, 900], True),  # a peak
+        ([1000, 1500, 2300, math.inf], False),  # monotonic
+    ],
+)
+def test_a_turn_needs_an_inner_median_20_percent_off_on_both_sides(
+    medians: list[float], turn: bool
+) -> None:
+    assert _turns([float(m) for m in medians]) is turn
