@@ -5,9 +5,9 @@ alphabet of 16 symbols (the marginal of the first target symbol is then uniform,
 the model learns it within a few hundred steps), D = 2400 (150 bases), batch 128,
 AdamW lr 1e-3 with 100 warm-up steps, evaluation every 50 steps on 512 examples. On
 one core the first-token loss reached log K by step 200, and the escape (candidate
-loss < 0.5 log K, confirmed over 3 evaluations) came at about step 1200, in about a
-minute. With the 36-symbol alphabet the tiny model never holds such a plateau (see
-docs/findings.md).
+loss < 0.5 log K, confirmed over 3 evaluations) came at about step 1500, in about a
+minute; the first-token loss follows it down a few hundred steps later. With the
+36-symbol alphabet the tiny model never holds such a plateau (see docs/findings.md).
 """
 
 from __future__ import annotations
@@ -71,4 +71,8 @@ def test_tiny_model_learns_the_marginal_plateaus_at_log_k_then_escapes():
     # the escape rule's onset is the first evaluation of that learned plateau
     assert seed.onset_step == 50 * on_plateau.index(True)
     assert 0 < seed.onset_step < seed.escape_step
-    assert first[-1] < 0.5 * log_k
+    # after the escape the model reads z: the first-token loss leaves log K too (it lags
+    # the candidate-set loss, which later target tokens also sharpen) and the z-shuffle
+    # gap exceeds log K
+    assert first[-1] < 0.75 * log_k
+    assert reports[-1]["z_shuffle_gap"] > log_k
