@@ -115,6 +115,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     analyze.set_defaults(handler=_analyze)
 
+    base = sub.add_parser(
+        "base",
+        help="train a local GPT-2 base for LoRA and fine-tuning",
+        description="Trains a GPT-2 of a size preset on an unrelated random mapping and "
+        "saves it to DIR, for `base: DIR` in a spec where no hub model can be downloaded.",
+    )
+    base.add_argument("out", metavar="DIR", help="a new or empty directory")
+    base.add_argument("--size", default="paper", help="GPT-2 size preset (default paper)")
+    base.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
+    base.add_argument("--seed", type=int, default=7, help="init, data and order seed")
+    base.set_defaults(handler=_base)
+
     validate = sub.add_parser("validate", help="check a study spec or a cluster.yaml")
     validate.add_argument("file", metavar="FILE")
     validate.set_defaults(handler=_validate)
@@ -245,6 +257,22 @@ def _analyze(args: argparse.Namespace) -> int:
         raise RuntimeError(f"the analysis package cannot write reports here: {err}") from err
     write_report(trials, curves, out)
     print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _base(args: argparse.Namespace) -> int:
+    import time
+
+    from transformers.utils import logging as hf_logging
+
+    from trainables.base_model import make_base
+
+    hf_logging.disable_progress_bar()
+    start = time.perf_counter()
+    make_base(args.out, size=args.size, steps=args.steps, seed=args.seed)
+    took = _duration(time.perf_counter() - start)
+    print(f"base: {args.out} ({args.size} GPT-2, {args.steps} steps, {took})")
+    print(f"next: base: {Path(args.out).expanduser().resolve()} in a spec's model section")
     return 0
 
 

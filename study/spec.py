@@ -448,8 +448,19 @@ def _parse_sections(data: Mapping[str, Any]) -> dict[str, Any]:
                 raise ConfigError(
                     f"{section}.{key}", value, f"belongs in section '{SECTION_OF[key]}'"
                 )
-            config[key] = value
+            config[key] = _anchor_path(key, value)
     return config
+
+
+def _anchor_path(key: str, value: Any) -> Any:
+    """A ``base`` that names a local directory, made absolute.
+
+    Trials run with the trial directory as their working directory, so a path relative
+    to where the study was launched would not be found there; a hub id is kept as it is.
+    """
+    if key == "base" and isinstance(value, str) and value and Path(value).expanduser().is_dir():
+        return str(Path(value).expanduser().resolve())
+    return value
 
 
 def _parse_sweep(raw: Any, config: Mapping[str, Any]) -> Sweep:
@@ -504,7 +515,7 @@ def _parse_grid(raw: Any, where: str) -> dict[str, tuple[Any, ...]]:
         seen = [json.dumps(v, sort_keys=True, default=str) for v in values]
         if len(set(seen)) != len(seen):
             raise ConfigError(f"{where}.{key}", values, "values must be distinct")
-        grid[key] = tuple(values)
+        grid[key] = tuple(_anchor_path(key, v) for v in values)
     return grid
 
 
@@ -541,7 +552,8 @@ def _parse_cases(raw: Any, grid: Mapping[str, Any]) -> tuple[Case, ...]:
                 list(case_grid[key]),
                 f"is also in {where}.set; give it in one place",
             )
-        cases.append(Case(name=name, set=dict(fixed), grid=case_grid))
+        fixed = {key: _anchor_path(key, value) for key, value in fixed.items()}
+        cases.append(Case(name=name, set=fixed, grid=case_grid))
     return tuple(cases)
 
 

@@ -7,6 +7,7 @@ position table is 64 long, enough for every task with default lengths.
 
 Usage::
 
+    phasetune base OUT_DIR [--size paper] [--steps 2000] [--seed 7]
     python -m trainables.base_model OUT_DIR [--size paper] [--steps 2000] [--seed 7]
 
 then ``base: OUT_DIR`` in a trial config (with ``lora_rank`` for LoRA).
@@ -17,12 +18,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from trainables import loop, models, tasks
-from trainables.config import resolve
+from trainables.config import ConfigError, resolve
 
 log = logging.getLogger(__name__)
 N_POSITIONS = 64
@@ -43,7 +47,18 @@ def make_base(
         steps: optimizer steps on the unrelated mapping.
         seed: initialization, data and order seed of the base.
         overrides: further trial-config keys (``lr``, ``batch_size``, ``n_embd``, ...).
+
+    Raises:
+        ConfigError: ``out_dir`` holds files already, or a bad size, step count or key.
+
+    The checkpoint is written to a hidden sibling of ``out_dir`` and renamed into place
+    at the end, so an interrupted call leaves no half-written base behind.
     """
+    out = Path(out_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError("out_dir", str(out_dir), "must be a new or empty directory")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ConfigError("steps", steps, "must be an integer >= 1")
     cfg = resolve(
         {
             "task": "mapping",
@@ -81,13 +96,18 @@ def make_base(
         seq = data.seq[order.next(cfg.batch_size)]
         targets = seq[:, data.tgt_start : data.tgt_start + data.tgt_len]
         loop.train_step(solo, seq, targets, loop.lr_at(cfg, step), step + 1, cfg, amp)
-    os.makedirs(out_dir, exist_ok=True)
-    lm.save_pretrained(out_dir)
-    models.write_marker(
-        out_dir,
-        {"trained_on": "mapping K=2 string_len=6", "steps": steps, "size": size, "seed": seed},
-    )
-    log.info("saved a %s GPT-2 base (%d steps) to %s", size, steps, out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        lm.save_pretrained(staging)
+        marker = {"trained_on": "mapping K=2 string_len=6", "steps": steps, "size": size}
+        models.write_marker(staging, {**marker, "seed": seed})
+        staging.chmod(0o755)  # mkdtemp's 0o700 would hide the base from other users
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.debug("saved a %s GPT-2 base (%d steps) to %s", size, steps, out)
     return str(out_dir)
 
 

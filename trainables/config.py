@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -335,6 +336,11 @@ def _check(cfg: TrialConfig) -> None:
         )
 
 
+def _looks_local(base: str) -> bool:
+    """A base written as a filesystem path rather than a hub id."""
+    return base.startswith(("/", ".", "~"))
+
+
 def _check_model(cfg: TrialConfig) -> None:
     if cfg.model == "gpt2" and cfg.base is None and cfg.size not in GPT2_SIZES:
         raise ConfigError("size", cfg.size, f"must be one of {', '.join(GPT2_SIZES)}")
@@ -343,6 +349,17 @@ def _check_model(cfg: TrialConfig) -> None:
             raise ConfigError("lora_rank", cfg.lora_rank, "must be null for model 'mlp'")
         if cfg.base is not None:
             raise ConfigError("base", cfg.base, "must be null for model 'mlp'")
+    if (
+        cfg.base is not None
+        and _looks_local(cfg.base)
+        and not os.path.isdir(os.path.expanduser(cfg.base))
+    ):
+        raise ConfigError(
+            "base",
+            cfg.base,
+            "no such directory; must be a local checkpoint directory "
+            "(`phasetune base DIR` makes one) or a hub id such as 'gpt2'",
+        )
     if cfg.lora_rank is not None:
         if cfg.lora_rank < 0:
             raise ConfigError("lora_rank", cfg.lora_rank, "must be >= 0 (0 or null: no LoRA)")

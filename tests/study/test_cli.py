@@ -321,3 +321,40 @@ def test_a_run_that_ends_with_unfinished_trials_says_stopped_and_how_to_resume(
         any(line == "3 trials unfinished: phasetune resume d continues them" for line in lines)
         is hint
     )
+
+
+def test_base_writes_a_local_checkpoint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "bases" / "tiny"
+    code, text, err = run_cli(capsys, "base", str(out), "--size", "tiny", "--steps", "2")
+    assert code == 0 and err == ""
+    assert text.startswith(f"base: {out} (tiny GPT-2, 2 steps")
+    assert {"config.json", "model.safetensors", "phasetune.json"} <= set(os.listdir(out))
+    assert [p.name for p in out.parent.iterdir()] == ["tiny"]  # no staging folder left
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "huge"], "error: size='huge' is not allowed: must be one of tiny, paper"),
+        (["--steps", "0"], "error: steps=0 is not allowed: must be an integer >= 1"),
+    ],
+)
+def test_base_refuses_bad_input_in_one_line_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "base"
+    code, _, err = run_cli(capsys, "base", str(out), *args)
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_base_refuses_a_directory_that_holds_files(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "kept.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "base", str(tmp_path), "--size", "tiny", "--steps", "2")
+    assert code == 2
+    assert err == f"error: out_dir='{tmp_path}' is not allowed: must be a new or empty directory\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.txt"]

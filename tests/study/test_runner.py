@@ -313,3 +313,24 @@ def test_smoke_trials_account_for_their_time_outside_the_loop(smoke_run: StudyOu
     assert (table["other_s"] > -0.05).all()
     assert (table["end"] - table["start"] == table["wall_s"]).all()
     assert (table["start"] > time.time() - 3600).all()
+
+
+@pytest.mark.slow
+def test_a_lora_trial_finds_a_base_given_relative_to_the_launch_directory(
+    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainables.base_model import make_base
+
+    monkeypatch.chdir(tmp_path)
+    make_base("bases/tiny", size="tiny", steps=2, batch_size=8)
+    spec = parse_spec(
+        {
+            **TOY,
+            "model": {"model": "gpt2", "base": "bases/tiny", "lora_rank": 2},
+            "budget": {"max_steps": 4, "eval_every": 2, "eval_size": 16},
+        }
+    )
+    assert spec.config["base"] == str(tmp_path / "bases" / "tiny")
+    outcome = run_study(spec, str(tmp_path / "study"))
+    trials = Study.open(outcome.path).trials()
+    assert list(trials["status"]) == ["censored"] and list(trials["steps"]) == [4]

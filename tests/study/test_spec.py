@@ -431,3 +431,25 @@ def test_malformed_yaml_is_one_line_with_its_position(text: str, message: str) -
 def test_an_unknown_preset_or_missing_file_is_refused(source: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_spec(source)
+
+
+def test_a_base_that_names_a_local_directory_is_made_absolute_wherever_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bases" / "a").mkdir(parents=True)
+    (tmp_path / "bases" / "b").mkdir()
+    where = str(tmp_path / "bases")
+    fixed = parse_spec(spec_with(model={"model": "gpt2", "base": "bases/a"}))
+    assert fixed.config["base"] == f"{where}/a"
+    grid = parse_spec(spec_with(sweep={"grid": {"base": ["bases/a", "./bases/b", "gpt2"]}}))
+    assert grid.sweep.grid["base"] == (f"{where}/a", f"{where}/b", "gpt2")
+    cases = parse_spec(spec_with(sweep={"cases": [{"name": "c", "set": {"base": "bases/b"}}]}))
+    assert cases.sweep.cases[0].set["base"] == f"{where}/b"
+
+
+@pytest.mark.parametrize("base", ["./missing", "/no/such/dir", "~/no-such-base-here"])
+def test_a_base_written_as_a_path_that_does_not_exist_is_refused(base: str) -> None:
+    with pytest.raises(ConfigError, match="no such directory") as info:
+        parse_spec(spec_with(model={"model": "gpt2", "base": base}))
+    assert base in str(info.value) and "\n" not in str(info.value)
