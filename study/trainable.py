@@ -57,8 +57,13 @@ def train_trial(
 
 
 def _loop_train() -> TrainFn:
+    from transformers.utils import logging as hf_logging
+
     from trainables.loop import train
 
+    # a worker's output reaches the driver's console: a progress bar per loaded base
+    # (LoRA, fine-tuning) would interleave with the study's progress table
+    hf_logging.disable_progress_bar()
     return train
 
 

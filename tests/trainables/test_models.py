@@ -99,8 +99,14 @@ def test_lr_is_not_scaled_with_rank_unless_asked():
 
 
 def test_a_missing_base_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="base=.*must be a loadable GPT-2 checkpoint"):
+    with pytest.raises(ConfigError, match="base=.*no such directory"):
         build(base=str(tmp_path / "nothing-here"))
+
+
+def test_a_directory_without_a_checkpoint_is_a_config_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="base=.*must be a loadable GPT-2 checkpoint"):
+        build(base=str(tmp_path / "empty"))
 
 
 def test_a_saved_base_loads_with_lora(tiny_base):
