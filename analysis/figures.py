@@ -50,6 +50,7 @@ def draw_all(
         "phase_lr_batch": lambda p: phase_lr_batch(trials, p),
         "phase_K_D": lambda p: phase_k_d(trials, p),
         "phase_rank_K": lambda p: phase_rank_k(trials, p),
+        "phase_rank_D": lambda p: phase_rank_d(trials, p),
         "km_temperature": lambda p: km_by_temperature(trials, p),
         "noise_law": lambda p: noise_law(trials, laws.get("noise_stabilization", {}), p),
         "plateau_duration": lambda p: duration_law(trials, laws.get("plateau_duration", {}), p),
@@ -142,8 +143,30 @@ def phase_k_d(trials: pd.DataFrame, path: str | Path) -> Path | None:
 
 def phase_rank_k(trials: pd.DataFrame, path: str | Path) -> Path | None:
     """Median final excess of LoRA on the inverse mapping task over rank x K; cells where
-    most runs did not converge within the budget are hatched."""
-    if not {"lora_rank", "final_excess", "K"} <= set(trials.columns):
+    most runs did not converge within the budget are hatched. Not drawn where K has one
+    value and D several (:func:`phase_rank_d` draws that)."""
+    if _rank_axis(trials) != "K":
+        return None
+    return _phase_rank(trials, "K", path)
+
+
+def phase_rank_d(trials: pd.DataFrame, path: str | Path) -> Path | None:
+    """As :func:`phase_rank_k` over rank x D, where K has one value and D several."""
+    if _rank_axis(trials) != "D":
+        return None
+    return _phase_rank(trials, "D", path)
+
+
+def _rank_axis(trials: pd.DataFrame) -> str:
+    """The second axis of the rank phase diagram: D where only D varies among LoRA rows."""
+    if not {"lora_rank", "D", "K"} <= set(trials.columns):
+        return "K"
+    rows = trials[pd.to_numeric(trials["lora_rank"], errors="coerce") > 0]
+    return "D" if rows["K"].nunique() == 1 and rows["D"].nunique() > 1 else "K"
+
+
+def _phase_rank(trials: pd.DataFrame, y: str, path: str | Path) -> Path | None:
+    if not {"lora_rank", "final_excess", y} <= set(trials.columns):
         return None
     rows = select_task(trials, "mapping")
     if "direction" in rows.columns:
@@ -152,9 +175,9 @@ def phase_rank_k(trials: pd.DataFrame, path: str | Path) -> Path | None:
     rows = rows[np.isfinite(pd.to_numeric(rows["final_excess"], errors="coerce"))]
     if rows.empty:
         return None
-    rows, held = hold_fixed(rows, ("lora_rank", "K"))
+    rows, held = hold_fixed(rows, ("lora_rank", y))
     cells = (
-        rows.groupby(["lora_rank", "K"])
+        rows.groupby(["lora_rank", y])
         .agg(
             value=("final_excess", "median"),
             n=("final_excess", "size"),
@@ -169,10 +192,10 @@ def phase_rank_k(trials: pd.DataFrame, path: str | Path) -> Path | None:
     return _heatmap(
         cells,
         "lora_rank",
-        "K",
+        y,
         path,
         "LoRA rank",
-        "K",
+        "D (training examples)" if y == "D" else "K",
         "median final excess (nats), inverse task; hatched: most runs did not converge",
         held,
         log_colour=False,
@@ -406,7 +429,10 @@ def _aft_scatter(
 
 
 def capacity_wall(trials: pd.DataFrame, law: dict[str, Any], path: str | Path) -> Path | None:
-    """Final excess against LoRA rank with the fitted wall and r* (band: its interval)."""
+    """Final excess against LoRA rank with the fitted wall and r* (band: its interval).
+
+    One colour per (K, D) wall the law fitted (its ``walls``), or the main wall alone.
+    """
     if "params" not in law:
         return None
     rows = select_task(trials, "mapping")
@@ -414,33 +440,53 @@ def capacity_wall(trials: pd.DataFrame, law: dict[str, Any], path: str | Path) -
         (rows["direction"] == "inverse") & (pd.to_numeric(rows["lora_rank"], errors="coerce") > 0)
     ]
     rows, _ = hold_fixed(rows, ("lora_rank", "K", "D"))  # the slice the law used
-    rows = rows[(rows["K"] == law["K"]) & (rows["D"] == law["D"])]
     p = law["params"]
+    main = {
+        "K": law["K"],
+        "D": law["D"],
+        "r_star": p["r_star"],
+        **{
+            k: p[k]["value"]
+            for k in ("sharpness", "excess_low_rank", "excess_high_rank")
+            if k in p
+        },
+    }
+    walls = [w for w in law.get("walls", []) if "r_star" in w and "excess_low_rank" in w]
+    walls = sorted(walls, key=lambda w: (w["K"], w["D"])) or [main]
     fig = _figure(6.0, 4.2)
     ax = fig.axes[0]
-    ax.plot(rows["lora_rank"], rows["final_excess"], "o", ms=4, alpha=0.7, label="trials")
-    ranks = np.geomspace(rows["lora_rank"].min(), rows["lora_rank"].max(), 200)
-    r_star = p["r_star"]
-    sharpness = p["sharpness"]["value"] if "sharpness" in p else 50.0
-    ax.plot(
-        ranks,
-        wall_curve(
+    for i, wall in enumerate(walls):
+        colour = f"C{i}"
+        cell = rows[(rows["K"] == wall["K"]) & (rows["D"] == wall["D"])]
+        if cell.empty:
+            continue
+        label = f"K={wall['K']:g}, D={wall['D']:g}" if len(walls) > 1 else "trials"
+        ax.plot(cell["lora_rank"], cell["final_excess"], "o", ms=4, alpha=0.7, color=colour,
+                label=label)  # fmt: skip
+        ranks = np.geomspace(cell["lora_rank"].min(), cell["lora_rank"].max(), 200)
+        r_star = wall["r_star"]
+        curve = wall_curve(
             ranks,
             r_star["value"],
-            sharpness,
-            p["excess_low_rank"]["value"],
-            p["excess_high_rank"]["value"],
-        ),
-        "-",
-        color="C1",
-        label=law["model"],
-    )
-    ax.axvspan(r_star["ci_low"], r_star["ci_high"], color="C1", alpha=0.15)
-    ax.axvline(r_star["value"], color="C1", ls="--", lw=1, label=f"r* = {r_star['value']:.3g}")
+            wall.get("sharpness", 50.0),  # a step wall: sharper than the grid resolves
+            wall["excess_low_rank"],
+            wall.get("excess_high_rank", 0.0),
+        )
+        ax.plot(ranks, curve, "-", color=colour, lw=1.2)
+        ax.axvspan(r_star["ci_low"], r_star["ci_high"], color=colour, alpha=0.12)
+        ax.axvline(r_star["value"], color=colour, ls="--", lw=1,
+                   label=f"r* = {r_star['value']:.3g}")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xlabel("LoRA rank")
     ax.set_ylabel("final excess (nats)")
-    ax.set_title(f"capacity wall, inverse task, K={law['K']}, D={law['D']}", fontsize=9)
+    if len(walls) > 1:
+        title = f"capacity walls, inverse task; lines: {law['model']}"
+        if "info_exponent" in p:
+            e = p["info_exponent"]
+            title += f"; r* ~ (D log K)^{e['value']:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]"
+    else:
+        title = f"capacity wall, inverse task, K={law['K']}, D={law['D']}; line: {law['model']}"
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path)
 

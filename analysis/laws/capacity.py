@@ -167,6 +167,12 @@ class CapacityWallFitter(LawFitter):
                     "D": d,
                     "information": d * math.log(k),
                     "r_star": fit.params["r_star"].to_dict(),
+                    # the curve's other parameters, to draw it
+                    **{
+                        name: fit.params[name].value
+                        for name in ("sharpness", "excess_low_rank", "excess_high_rank")
+                        if name in fit.params
+                    },
                     "log_r_star": fit.log_r_star.value,
                     "se": fit.log_r_star.se,
                 }

@@ -11,8 +11,13 @@ import pandas as pd
 import pytest
 
 from analysis import figures
-from analysis.laws import FitWarning, fit_all
-from analysis.simulate import simulate_gap_study, simulate_noise_study, simulate_study
+from analysis.laws import CapacityWallFitter, FitWarning, fit_all
+from analysis.simulate import (
+    simulate_capacity_study,
+    simulate_gap_study,
+    simulate_noise_study,
+    simulate_study,
+)
 
 PNG = b"\x89PNG"
 
@@ -94,3 +99,41 @@ def test_drawing_does_not_touch_pyplot_or_its_global_backend(tmp_path: Path) -> 
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
     assert (tmp_path / "p.png").is_file()
+
+
+def test_a_rank_sweep_over_d_at_one_k_draws_rank_by_d_and_every_wall(tmp_path: Path) -> None:
+    trials = simulate_capacity_study(
+        groups=((8, 20000), (8, 40000), (8, 80000)), info_exponent=1.0, seeds=2, rng=3
+    )
+    law = CapacityWallFitter().fit(trials).to_dict()
+    assert len(law["walls"]) == 3
+    written = figures.draw_all(trials, None, {"capacity_wall": law}, tmp_path)
+    # K has one value: the rank diagram's second axis is D, and the K version is not drawn
+    assert "phase_rank_D" in written and "phase_rank_K" not in written
+    assert written["capacity_wall"] == "capacity_wall.png"
+    assert (tmp_path / "capacity_wall.png").read_bytes().startswith(PNG)
+    assert (tmp_path / "phase_rank_D.png").read_bytes().startswith(PNG)
+
+
+def test_the_wall_figure_draws_one_line_per_fitted_wall(tmp_path: Path, monkeypatch) -> None:
+    from matplotlib.figure import Figure
+
+    trials = simulate_capacity_study(
+        groups=((8, 20000), (8, 80000)), info_exponent=1.0, seeds=2, rng=4
+    )
+    law = CapacityWallFitter().fit(trials).to_dict()
+    drawn: list[Figure] = []
+    real_save = figures._save
+
+    def keep(fig: Figure, path: str | Path) -> Path:
+        drawn.append(fig)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    figures.capacity_wall(trials, law, tmp_path / "w.png")
+    ax = drawn[0].axes[0]
+    r_star_lines = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert sorted(line.get_xdata()[0] for line in r_star_lines) == pytest.approx(
+        sorted(w["r_star"]["value"] for w in law["walls"])
+    )
+    assert "r* ~ (D log K)^" in ax.get_title()

@@ -50,6 +50,9 @@ def test_information_law_lists_every_group_wall() -> None:
     assert [(w["K"], w["D"]) for w in out["walls"]] == [(4, 20000), (8, 20000), (8, 80000)]
     for wall in out["walls"]:
         assert wall["information"] == pytest.approx(wall["D"] * math.log(wall["K"]))
+        # each wall carries its whole curve, so that a figure can draw it
+        assert wall["sharpness"] > 0
+        assert wall["excess_low_rank"] > wall["excess_high_rank"]
 
 
 def test_wall_curve_is_half_way_at_r_star() -> None:
