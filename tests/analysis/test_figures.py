@@ -42,6 +42,7 @@ def test_draw_all_writes_every_figure_of_a_full_study(study, tmp_path: Path) -> 
         "noise_law",
         "plateau_duration",
         "capacity_wall",
+        "directional_gap",
         "routing_lead",
     }
     for name in written.values():
@@ -81,8 +82,9 @@ def test_km_median_matches_the_plain_median_without_censoring() -> None:
         lambda t, p: figures.routing_lead(t, None, p),
         lambda t, p: figures.capacity_wall(t, {"skipped": "no"}, p),
         lambda t, p: figures.noise_law(t, {"skipped": "no"}, p),
+        lambda t, p: figures.directional_gap({"skipped": "no"}, p),
     ],
-    ids=["lr-batch", "K-D", "km", "curves", "routing", "wall", "noise"],
+    ids=["lr-batch", "K-D", "km", "curves", "routing", "wall", "noise", "gap"],
 )
 def test_figures_without_their_data_draw_nothing(draw, tmp_path: Path) -> None:
     mapping_only = simulate_gap_study(seeds=2, rng=0)
@@ -137,3 +139,25 @@ def test_the_wall_figure_draws_one_line_per_fitted_wall(tmp_path: Path, monkeypa
         sorted(w["r_star"]["value"] for w in law["walls"])
     )
     assert "r* ~ (D log K)^" in ax.get_title()
+
+
+def test_the_gap_figure_labels_every_group_with_its_gap(tmp_path: Path, monkeypatch) -> None:
+    from matplotlib.figure import Figure
+
+    from analysis.laws import DirectionalGapFitter
+
+    trials = simulate_gap_study(seeds=3, rng=5)
+    law = DirectionalGapFitter().fit(trials).to_dict()
+    drawn: list[Figure] = []
+    real_save = figures._save
+    monkeypatch.setattr(
+        figures, "_save", lambda fig, path: drawn.append(fig) or real_save(fig, path)
+    )
+    assert figures.directional_gap(law, tmp_path / "g.png") is not None
+    ax = drawn[0].axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == [g["label"].replace(" ", "\n") for g in law["groups"]]
+    gaps = [t.get_text() for t in ax.texts]
+    assert len(gaps) == len(law["groups"])
+    first = law["params"][law["groups"][0]["label"]]
+    assert gaps[0].startswith(f"gap {first['value']:.3g}")
