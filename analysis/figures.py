@@ -25,7 +25,7 @@ from matplotlib.patches import Rectangle
 from analysis import escape
 from analysis.escape_times import escape_table
 from analysis.laws._base import hold_fixed, select_task
-from analysis.laws.capacity import wall_curve
+from analysis.laws.capacity import CURVE_PARAMS, wall_curve
 
 logger = logging.getLogger(__name__)
 
@@ -446,11 +446,7 @@ def capacity_wall(trials: pd.DataFrame, law: dict[str, Any], path: str | Path) -
         "K": law["K"],
         "D": law["D"],
         "r_star": p["r_star"],
-        **{
-            k: p[k]["value"]
-            for k in ("sharpness", "excess_low_rank", "excess_high_rank")
-            if k in p
-        },
+        **{name: p[name]["value"] for name in CURVE_PARAMS if name in p},
     }
     walls = [w for w in law.get("walls", []) if "r_star" in w and "excess_low_rank" in w]
     walls = sorted(walls, key=lambda w: (w["K"], w["D"])) or [main]
@@ -462,8 +458,15 @@ def capacity_wall(trials: pd.DataFrame, law: dict[str, Any], path: str | Path) -
         if cell.empty:
             continue
         label = f"K={wall['K']:g}, D={wall['D']:g}" if len(walls) > 1 else "trials"
-        ax.plot(cell["lora_rank"], cell["final_excess"], "o", ms=4, alpha=0.7, color=colour,
-                label=label)  # fmt: skip
+        ax.plot(
+            cell["lora_rank"],
+            cell["final_excess"],
+            "o",
+            ms=4,
+            alpha=0.7,
+            color=colour,
+            label=label,
+        )
         ranks = np.geomspace(cell["lora_rank"].min(), cell["lora_rank"].max(), 200)
         r_star = wall["r_star"]
         curve = wall_curve(
@@ -475,8 +478,9 @@ def capacity_wall(trials: pd.DataFrame, law: dict[str, Any], path: str | Path) -
         )
         ax.plot(ranks, curve, "-", color=colour, lw=1.2)
         ax.axvspan(r_star["ci_low"], r_star["ci_high"], color=colour, alpha=0.12)
-        ax.axvline(r_star["value"], color=colour, ls="--", lw=1,
-                   label=f"r* = {r_star['value']:.3g}")  # fmt: skip
+        ax.axvline(
+            r_star["value"], color=colour, ls="--", lw=1, label=f"r* = {r_star['value']:.3g}"
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("LoRA rank")
     ax.set_ylabel("final excess (nats)")

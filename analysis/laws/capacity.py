@@ -27,6 +27,9 @@ from analysis.laws._base import (
 from analysis.reference import references
 
 MIN_RANKS = 3
+# a wall's curve besides r* (see wall_curve); a step wall has no sharpness, a fixed
+# high-rank excess is not a parameter
+CURVE_PARAMS = ("sharpness", "excess_low_rank", "excess_high_rank")
 MIN_FREE_RANKS = 5  # to fit excess_high_rank too
 # the sharpest wall the fit may return: 20 per smallest log-rank gap puts the whole
 # 5%-95% transition within a third of that gap, i.e. a step between two ranks
@@ -169,9 +172,7 @@ class CapacityWallFitter(LawFitter):
                     "r_star": fit.params["r_star"].to_dict(),
                     # the curve's other parameters, to draw it
                     **{
-                        name: fit.params[name].value
-                        for name in ("sharpness", "excess_low_rank", "excess_high_rank")
-                        if name in fit.params
+                        name: fit.params[name].value for name in CURVE_PARAMS if name in fit.params
                     },
                     "log_r_star": fit.log_r_star.value,
                     "se": fit.log_r_star.se,

@@ -22,6 +22,20 @@ from analysis.simulate import (
 PNG = b"\x89PNG"
 
 
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The matplotlib figures saved while the test runs, in order."""
+    figures_seen: list = []
+    real_save = figures._save
+
+    def keep(fig, path):
+        figures_seen.append(fig)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    return figures_seen
+
+
 @pytest.fixture(scope="module")
 def study() -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     trials, curves = simulate_study(0)
@@ -117,21 +131,11 @@ def test_a_rank_sweep_over_d_at_one_k_draws_rank_by_d_and_every_wall(tmp_path: P
     assert (tmp_path / "phase_rank_D.png").read_bytes().startswith(PNG)
 
 
-def test_the_wall_figure_draws_one_line_per_fitted_wall(tmp_path: Path, monkeypatch) -> None:
-    from matplotlib.figure import Figure
-
+def test_the_wall_figure_draws_one_line_per_fitted_wall(tmp_path: Path, drawn) -> None:
     trials = simulate_capacity_study(
         groups=((8, 20000), (8, 80000)), info_exponent=1.0, seeds=2, rng=4
     )
     law = CapacityWallFitter().fit(trials).to_dict()
-    drawn: list[Figure] = []
-    real_save = figures._save
-
-    def keep(fig: Figure, path: str | Path) -> Path:
-        drawn.append(fig)
-        return real_save(fig, path)
-
-    monkeypatch.setattr(figures, "_save", keep)
     figures.capacity_wall(trials, law, tmp_path / "w.png")
     ax = drawn[0].axes[0]
     r_star_lines = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
@@ -141,18 +145,11 @@ def test_the_wall_figure_draws_one_line_per_fitted_wall(tmp_path: Path, monkeypa
     assert "r* ~ (D log K)^" in ax.get_title()
 
 
-def test_the_gap_figure_labels_every_group_with_its_gap(tmp_path: Path, monkeypatch) -> None:
-    from matplotlib.figure import Figure
-
+def test_the_gap_figure_labels_every_group_with_its_gap(tmp_path: Path, drawn) -> None:
     from analysis.laws import DirectionalGapFitter
 
     trials = simulate_gap_study(seeds=3, rng=5)
     law = DirectionalGapFitter().fit(trials).to_dict()
-    drawn: list[Figure] = []
-    real_save = figures._save
-    monkeypatch.setattr(
-        figures, "_save", lambda fig, path: drawn.append(fig) or real_save(fig, path)
-    )
     assert figures.directional_gap(law, tmp_path / "g.png") is not None
     ax = drawn[0].axes[0]
     labels = [t.get_text() for t in ax.get_xticklabels()]
